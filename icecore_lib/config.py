@@ -1,0 +1,235 @@
+"""Typed configuration: one dataclass per notebook stage, with every default and profile in this file.
+
+A notebook's papermill ``parameters`` cell holds a profile name plus any overrides; it builds its
+stage config with :func:`stage_config`, so the library never reads globals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+PROFILE_NAMES = ("ci", "demo", "full")
+
+
+def default_cache_dir() -> Path:
+    """Cache for generated datasets and packed arrays: $ICECORE_CACHE, else ~/.cache/icecore."""
+    return Path(os.environ.get("ICECORE_CACHE", Path.home() / ".cache" / "icecore"))
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Size and seed of a synthetic dataset in the instrument's format."""
+
+    profile: str = "demo"
+    seed: int = 0
+    n_train_per_class: int = 1200
+    n_core: int = 6000
+    n_core_samples: int = 12
+    diatom_fraction: float = 0.015
+    workers: int = 0  # 0 = all cores
+
+
+SYNTH_PROFILES: dict[str, dict[str, Any]] = {
+    "ci": {"n_train_per_class": 40, "n_core": 240, "n_core_samples": 4, "diatom_fraction": 0.05},
+    "demo": {},
+    "full": {"n_train_per_class": 21500, "n_core": 100000, "n_core_samples": 60},
+}
+
+
+def synth_config(profile: str, seed: int = 0, **overrides: Any) -> SynthConfig:
+    """The synthetic dataset config of a profile, with optional overrides."""
+    _check_profile(profile)
+    values = {**SYNTH_PROFILES[profile], **overrides}
+    return SynthConfig(profile=profile, seed=seed, **values)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """What every notebook stage shares: where the data and the run directory are."""
+
+    profile: str = "demo"
+    run_dir: str = "runs/manual"
+    dataset: str = ""  # manifest entry; empty = the profile's synthetic dataset
+    manifest: str = "data_manifest.yaml"
+    cache_dir: str = ""  # empty = default_cache_dir()
+    image_size: int = 128
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    group_split_by: str = ""  # e.g. "session" for a split grouped by acquisition session
+    skip_bad: bool = False
+    device: str = "auto"
+
+    @property
+    def dataset_name(self) -> str:
+        """The manifest dataset this stage reads."""
+        return self.dataset or f"synthetic-{self.profile}"
+
+    @property
+    def cache_path(self) -> Path:
+        """The cache directory as a Path."""
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+
+@dataclass(frozen=True)
+class OverviewConfig(StageConfig):
+    """Notebook 00: data overview."""
+
+    examples_per_class: int = 8
+
+
+@dataclass(frozen=True)
+class TrainConfig(StageConfig):
+    """Shared by every torch model: the one training loop's knobs."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    schedule: str = "onecycle"  # onecycle | cosine
+    label_smoothing: float = 0.0
+    patience: int = 5
+    num_workers: int = 0
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class BDTConfig(StageConfig):
+    """Notebook 01: XGBoost on metadata, the metadata MLP, SHAP."""
+
+    eta: float = 0.296
+    max_depth: int = 14
+    n_estimators: int = 200
+    early_stopping_rounds: int = 20
+    search_iterations: int = 0  # 0 = use the study's optimum, no search
+    cv_folds: int = 3
+    shap_sample: int = 500
+    mlp_epochs: int = 60
+    target_precision: float = 0.95
+
+
+@dataclass(frozen=True)
+class CNNConfig(TrainConfig):
+    """Notebook 02: ResNet18 on images, with and without the metadata branch."""
+
+    weights: str = "none"  # none | imagenet (needs internet once)
+    variants: tuple[str, ...] = ("image", "both")
+    target_precision: float = 0.95
+    bootstrap: int = 200
+
+
+@dataclass(frozen=True)
+class AEConfig(TrainConfig):
+    """Notebook 03: convolutional autoencoder."""
+
+    latent_dims: tuple[int, ...] = (32, 64)
+    train_on: str = "train"  # train | core
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class EmbedConfig(TrainConfig):
+    """Notebook 04: UMAP, parametric UMAP, leave-one-class-out."""
+
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    pumap_epochs: int = 30
+    holdout_classes: tuple[str, ...] = ("corylus", "grim", "dust")
+    min_cluster_size: int = 20
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig(StageConfig):
+    """Notebook 05: novelty scores, galleries, explorer."""
+
+    k_neighbors: int = 10
+    gallery_size: int = 24
+    top_k: tuple[int, ...] = (100, 500)
+
+
+# Profile overrides, applied along each config's class hierarchy (base classes first).
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "ci": {
+        "StageConfig": {"image_size": 32},
+        "TrainConfig": {"epochs": 2, "batch_size": 64, "patience": 2},
+        "BDTConfig": {"n_estimators": 20, "max_depth": 4, "shap_sample": 100, "mlp_epochs": 5, "cv_folds": 2},
+        "CNNConfig": {"bootstrap": 20},
+        "EmbedConfig": {"pumap_epochs": 3, "holdout_classes": ("corylus",), "min_cluster_size": 5},
+        "DiscoveryConfig": {"gallery_size": 8, "top_k": (10, 20)},
+    },
+    "demo": {
+        "StageConfig": {"image_size": 64},
+        "TrainConfig": {"epochs": 12, "batch_size": 128},
+        "BDTConfig": {"search_iterations": 6},
+    },
+    "full": {
+        "TrainConfig": {"epochs": 30, "batch_size": 512, "num_workers": 4},
+        "BDTConfig": {"search_iterations": 20, "cv_folds": 5, "shap_sample": 2000},
+        "CNNConfig": {"bootstrap": 1000},
+        "EmbedConfig": {"holdout_classes": ("camp", "corylus", "dust", "grim", "qrob", "qsub", "cont")},
+        "DiscoveryConfig": {"gallery_size": 48, "top_k": (100, 500, 2000)},
+    },
+}
+
+C = TypeVar("C", bound=StageConfig)
+
+
+def _check_profile(profile: str) -> None:
+    """Fail with the valid names when a profile is unknown."""
+    if profile not in PROFILE_NAMES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_NAMES)}")
+
+
+def profile_defaults(cls: type[C], profile: str) -> dict[str, Any]:
+    """The field values a profile sets for a config class (inherited overrides included)."""
+    _check_profile(profile)
+    values: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        values.update(PROFILES[profile].get(klass.__name__, {}))
+    return values
+
+
+def stage_config(cls: type[C], profile: str = "demo", **params: Any) -> C:
+    """Build a stage config: dataclass defaults < profile < explicit parameters (None = not given)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no parameter(s) {unknown}; known: {sorted(names)}")
+    given = {k: _coerce(v) for k, v in params.items() if v is not None}
+    return cls(**{**profile_defaults(cls, profile), **given, "profile": profile})
+
+
+def _coerce(value: Any) -> Any:
+    """Turn papermill-friendly lists into the tuples the frozen configs hold."""
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain YAML/JSON-friendly values (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+__all__ = [
+    "AEConfig",
+    "BDTConfig",
+    "CNNConfig",
+    "DiscoveryConfig",
+    "EmbedConfig",
+    "OverviewConfig",
+    "PROFILES",
+    "PROFILE_NAMES",
+    "StageConfig",
+    "SynthConfig",
+    "TrainConfig",
+    "default_cache_dir",
+    "profile_defaults",
+    "stage_config",
+    "synth_config",
+    "to_dict",
+]

@@ -1,0 +1,1 @@
+"""Models: XGBoost BDT, metadata MLP, ResNet18 (+/- metadata), convolutional autoencoder, parametric UMAP."""

@@ -1,0 +1,135 @@
+"""Run directories and atomic writes: nothing a user had is overwritten, nothing half-written is left."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TRACKED_PACKAGES = (
+    "icecore", "numpy", "pandas", "scikit-learn", "scikit-image", "scipy", "torch", "torchvision",
+    "xgboost", "shap", "umap-learn", "papermill", "matplotlib", "pillow", "pyarrow", "safetensors",
+)
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; it replaces ``target`` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write_text(target: Path | str, text: str) -> Path:
+    """Write text atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
+def atomic_write_json(target: Path | str, obj: Any) -> Path:
+    """Write JSON atomically (NaN becomes null so every JSON reader accepts it)."""
+    return atomic_write_text(target, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def atomic_write_yaml(target: Path | str, obj: Any) -> Path:
+    """Write YAML atomically."""
+    return atomic_write_text(target, yaml.safe_dump(_jsonable(obj), sort_keys=False))
+
+
+def atomic_write_table(df: Any, target: Path | str) -> Path:
+    """Write a DataFrame atomically as Parquet or CSV, chosen by the suffix."""
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        if target.suffix == ".parquet":
+            df.to_parquet(tmp)
+        elif target.suffix == ".csv":
+            df.to_csv(tmp)
+        else:
+            raise ValueError(f"{target}: tables are written as .parquet or .csv")
+    return target
+
+
+def _jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays, tuples, paths and NaN into plain JSON values."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def new_run_dir(root: Path | str, name: str | None = None) -> Path:
+    """Create a fresh run directory under ``root``; an existing one is never reused."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stem = name or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        candidate = root / (stem if attempt == 0 else f"{stem}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise RuntimeError(f"could not create a fresh run directory named {stem!r} under {root}")
+
+
+def environment_versions() -> dict[str, Any]:
+    """Python, platform and the versions of the packages a result depends on."""
+    versions: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in TRACKED_PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        import torch
+
+        versions["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+        versions["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return versions
+
+
+def update_metrics(run_dir: Path | str, section: str, values: dict[str, Any]) -> Path:
+    """Merge one notebook's metrics into ``run_dir/metrics.json`` under ``section``, atomically."""
+    path = Path(run_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics[section] = _jsonable(values)
+    return atomic_write_json(path, metrics)
+
+
+def read_metrics(run_dir: Path | str) -> dict[str, Any]:
+    """The run's metrics.json as a dict (empty when none was written yet)."""
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
