@@ -133,3 +133,51 @@ def read_metrics(run_dir: Path | str) -> dict[str, Any]:
     """The run's metrics.json as a dict (empty when none was written yet)."""
     path = Path(run_dir) / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def project_root(start: Path | str | None = None) -> Path:
+    """The nearest folder at or above ``start`` (default: cwd) holding data_manifest.yaml, else ``start``."""
+    start = Path(start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "data_manifest.yaml").is_file():
+            return folder
+    return start
+
+
+def runs_root() -> Path:
+    """Where run directories go: $ICECORE_RUNS, else ``runs/`` in the project root."""
+    return Path(os.environ.get("ICECORE_RUNS", project_root() / "runs"))
+
+
+LATEST_POINTER = "LATEST"
+
+
+def start_run(run_dir: Path | str = "", name: str = "") -> Path:
+    """Run directory for notebook 00: the given one (fresh or empty), else a new one under runs_root()."""
+    if run_dir:
+        path = Path(run_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        if any(p for p in path.iterdir() if p.name not in _RUNNER_FILES):
+            raise FileExistsError(f"{path} already holds results; run directories are never reused")
+    else:
+        path = new_run_dir(runs_root(), name or None)
+    atomic_write_text(path.parent / LATEST_POINTER, path.name + "\n")
+    return path
+
+
+def continue_run(run_dir: Path | str = "") -> Path:
+    """Run directory for notebooks 01+: the given one, else the latest one notebook 00 started."""
+    if run_dir:
+        path = Path(run_dir)
+    else:
+        pointer = runs_root() / LATEST_POINTER
+        if not pointer.is_file():
+            raise FileNotFoundError(f"no run started yet under {runs_root()}: run notebook 00 first or pass run_dir")
+        path = runs_root() / pointer.read_text().strip()
+    if not path.is_dir():
+        raise FileNotFoundError(f"run directory {path} does not exist: run notebook 00 first")
+    return path
+
+
+# Files the runner writes into a fresh run directory before notebook 00 starts.
+_RUNNER_FILES = frozenset({"params.yaml", "environment.json", "notebooks"})

@@ -1,0 +1,74 @@
+"""The main job: execute the ordered notebooks with papermill into one fresh run directory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import runs
+from .config import PROFILE_NAMES
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@dataclass(frozen=True)
+class NotebookResult:
+    """One executed notebook: where it landed and how long it took."""
+
+    name: str
+    output: Path
+    seconds: float
+
+
+def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR, only: list[str] | None = None) -> list[Path]:
+    """The ordered notebooks (``NN_name.ipynb``), optionally only those whose number or name is listed."""
+    paths = sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        raise FileNotFoundError(f"no notebooks NN_*.ipynb in {notebooks_dir}")
+    if only:
+        wanted = set(only)
+        paths = [p for p in paths if p.stem[:2] in wanted or p.stem in wanted]
+        if not paths:
+            raise ValueError(f"none of {sorted(wanted)} matches a notebook in {notebooks_dir}")
+    return paths
+
+
+def run_notebooks(
+    profile: str = "demo",
+    *,
+    dataset: str = "",
+    name: str = "",
+    runs_root: Path | None = None,
+    only: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+    progress: bool = True,
+) -> tuple[Path, list[NotebookResult]]:
+    """Create a fresh run directory and execute the notebooks in order into it, failing on the first error."""
+    import papermill as pm
+
+    if profile not in PROFILE_NAMES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_NAMES)}")
+    paths = notebook_paths(notebooks_dir, only)
+    run_dir = runs.new_run_dir(runs_root or runs.runs_root(), name or f"{time.strftime('%Y%m%d-%H%M%S')}-{profile}")
+    parameters = {"profile": profile, "run_dir": str(run_dir.resolve()), "dataset": dataset, **(overrides or {})}
+    runs.atomic_write_yaml(run_dir / "params.yaml", {"parameters": parameters, "notebooks": [p.name for p in paths]})
+    runs.atomic_write_json(run_dir / "environment.json", runs.environment_versions())
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir()
+    results = []
+    for path in tqdm(paths, desc=f"notebooks -> {run_dir.name}", disable=not progress):
+        start = time.perf_counter()
+        output = out_dir / path.name
+        pm.execute_notebook(
+            str(path), str(output), parameters=parameters, cwd=str(notebooks_dir.parent),
+            progress_bar=False, kernel_name="python3",
+        )
+        results.append(NotebookResult(path.stem, output, time.perf_counter() - start))
+    timings = {r.name: round(r.seconds, 2) for r in results}
+    runs.update_metrics(run_dir, "pipeline", {"notebook_seconds": timings, "total_seconds": sum(timings.values())})
+    return run_dir, results

@@ -1,0 +1,35 @@
+"""Figure helpers every plots submodule shares: saving and class colours.
+
+Figures are built with ``matplotlib.figure.Figure`` (no pyplot state), so the library works headless and
+notebooks show a figure by returning it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from ..schema import CLASSES, NEW_CLASS
+
+_PALETTE = ("#1f77b4", "#ff7f0e", "#8c564b", "#d62728", "#2ca02c", "#9467bd", "#7f7f7f", "#e377c2", "#17becf", "#bcbd22")
+
+
+def class_colors(keys: list[str] | None = None) -> dict[str, str]:
+    """A fixed colour per class key (the study's seven, then any others, the new class last in pink)."""
+    keys = list(CLASSES) if keys is None else list(keys)
+    ordered = [k for k in CLASSES if k in keys] + [k for k in keys if k not in CLASSES and k != NEW_CLASS]
+    colors = {k: _PALETTE[i % len(_PALETTE)] for i, k in enumerate(ordered)}
+    colors[NEW_CLASS] = "#e377c2"
+    return colors
+
+
+def save(fig: Figure, path: Path | str | None, dpi: int = 120) -> Figure:
+    """Save a figure as PNG when a path is given (folders created, written atomically) and return it."""
+    if path is not None:
+        from ..runs import atomic_path
+
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    return fig

@@ -1,0 +1,80 @@
+"""Figures of notebook 00: what is in the data, and how the core differs from the lab set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..schema import DEPTH, LABEL, ORIG_HEIGHT, ORIG_WIDTH, SAMPLE, display_name
+from .common import class_colors, save
+
+
+def class_counts(table: pd.DataFrame, path: Path | str | None = None) -> Figure:
+    """Bar chart of particles per class (display names), with the count on each bar."""
+    counts = table[LABEL].value_counts().sort_values()
+    colors = class_colors(list(counts.index))
+    fig = Figure(figsize=(6, 0.4 * len(counts) + 1))
+    ax = fig.subplots()
+    bars = ax.barh([display_name(k) for k in counts.index], counts.values, color=[colors[k] for k in counts.index])
+    ax.bar_label(bars, padding=2, fontsize=8)
+    ax.set_xlabel("particles")
+    ax.set_title(f"Labelled particles per class (n={len(table):,})")
+    return save(fig, path)
+
+
+def samples_overview(core: pd.DataFrame, path: Path | str | None = None) -> Figure:
+    """Particles per core sample, shallowest on top (samples ordered by median depth)."""
+    summary = core.groupby(SAMPLE, observed=True).agg(n=(SAMPLE, "size"), depth=(DEPTH, "median"))
+    summary = summary.sort_values("depth")
+    fig = Figure(figsize=(6, 0.3 * len(summary) + 1.2))
+    ax = fig.subplots()
+    ax.barh([f"{s} ({d:.2f} m)" for s, d in zip(summary.index, summary["depth"])], summary["n"], color="#607d8b")
+    ax.invert_yaxis()
+    ax.set_xlabel("particles")
+    ax.set_title(f"Core particles per sample (n={len(core):,})")
+    return save(fig, path)
+
+
+def crop_sizes(parts: dict[str, pd.DataFrame], path: Path | str | None = None) -> Figure:
+    """Distribution of the original crop size (longest side, px) per part: the size lost by resizing."""
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.subplots()
+    bins = np.geomspace(8, 1024, 50)
+    for name, table in parts.items():
+        longest = np.maximum(table[ORIG_HEIGHT], table[ORIG_WIDTH])
+        ax.hist(longest, bins=bins, histtype="step", linewidth=1.5, density=True, label=f"{name} (n={len(table):,})")
+    ax.set_xscale("log")
+    ax.set_xlabel("crop size before resizing, longest side (px)")
+    ax.set_ylabel("density")
+    ax.legend()
+    return save(fig, path)
+
+
+def feature_distributions(
+    parts: dict[str, pd.DataFrame], features: list[str], path: Path | str | None = None, ncols: int = 4
+) -> Figure:
+    """Per-feature histograms of each part on shared bins (log scale for positive skewed features)."""
+    nrows = int(np.ceil(len(features) / ncols))
+    fig = Figure(figsize=(3.2 * ncols, 2.4 * nrows))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax, feature in zip(axes, features):
+        values = {name: t[feature].to_numpy(dtype=float) for name, t in parts.items()}
+        stacked = np.concatenate(list(values.values()))
+        stacked = stacked[np.isfinite(stacked)]
+        positive_skewed = stacked.min() > 0 and np.percentile(stacked, 99) > 20 * np.median(stacked)
+        bins = (np.geomspace(stacked.min(), stacked.max(), 40) if positive_skewed
+                else np.linspace(stacked.min(), stacked.max(), 40))
+        for name, v in values.items():
+            ax.hist(v, bins=bins, histtype="step", density=True, linewidth=1.2, label=name)
+        if positive_skewed:
+            ax.set_xscale("log")
+        ax.set_title(feature, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(features):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
