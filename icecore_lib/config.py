@@ -52,7 +52,7 @@ class StageConfig:
     """What every notebook stage shares: where the data and the run directory are."""
 
     profile: str = "demo"
-    run_dir: str = "runs/manual"
+    run_dir: str = ""  # "" = notebook 00 starts a fresh run, later notebooks continue the latest
     dataset: str = ""  # manifest entry; empty = the profile's synthetic dataset
     manifest: str = "data_manifest.yaml"
     cache_dir: str = ""  # empty = default_cache_dir()
