@@ -95,6 +95,7 @@ class TrainConfig(StageConfig):
     patience: int = 5
     num_workers: int = 0
     augment: bool = True
+    compile: bool = False  # torch.compile the model (CUDA; pays a one-off compile time)
 
 
 @dataclass(frozen=True)

@@ -181,3 +181,20 @@ def continue_run(run_dir: Path | str = "") -> Path:
 
 # Files the runner writes into a fresh run directory before notebook 00 starts.
 _RUNNER_FILES = frozenset({"params.yaml", "environment.json", "notebooks"})
+
+
+def record_stage(run_dir: Path | str, stage: str, cfg: Any) -> Path:
+    """Save a notebook stage's resolved config as ``params/<stage>.yaml`` in the run directory."""
+    from .config import to_dict
+
+    return atomic_write_yaml(Path(run_dir) / "params" / f"{stage}.yaml", to_dict(cfg))
+
+
+def copy_into(run_dir: Path | str, source: Path | str, relative: str) -> Path:
+    """Copy a file into the run directory (atomically) so the run holds everything it showed."""
+    import shutil
+
+    target = Path(run_dir) / relative
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return target

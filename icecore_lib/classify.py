@@ -1,0 +1,247 @@
+"""Classifier workflow of notebooks 01 and 02: train on the split, predict every particle, calibrate, threshold.
+
+Every classifier (XGBoost, metadata MLP, ResNet18 with or without metadata) ends as one
+:class:`ClassifierOutputs`: logits and 40-unit embeddings for the labelled part and the core, as DataFrames
+keyed by particle id. Evaluation, calibration and composition work on those, whatever the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import softmax
+
+from . import evaluate as ev
+from . import quantify
+from .config import BDTConfig, TrainConfig
+from .data import DatasetBundle
+from .models.bdt import BDTClassifier, search
+from .models.cnn import ParticleCNN
+from .models.mlp import MetadataMLP
+from .runs import atomic_write_json, atomic_write_table
+from .schema import FLOWCAM_FEATURES, LABEL, SPLIT
+from .torchdata import FeatureScaler, choose_batches, label_codes
+from .train import fit, predict, resolve_device
+
+KINDS = ("mlp", "image", "both")
+EMBED_PREFIX = "emb_"
+
+
+@dataclass(frozen=True)
+class ClassifierOutputs:
+    """One trained classifier's logits (and embeddings) for the labelled part and the core."""
+
+    name: str
+    classes: list[str]
+    labelled_logits: pd.DataFrame
+    core_logits: pd.DataFrame | None
+    labelled_embedding: pd.DataFrame | None = None
+    core_embedding: pd.DataFrame | None = None
+    history: pd.DataFrame | None = None
+
+    def proba(self, split: str, table: pd.DataFrame, temperature: float = 1.0) -> pd.DataFrame:
+        """Softmax probabilities (optionally temperature-scaled) of one split of the labelled table."""
+        ids = split_ids(table, split)
+        return _softmax_frame(self.labelled_logits.loc[ids], temperature)
+
+    def core_proba(self, temperature: float = 1.0) -> pd.DataFrame:
+        """Softmax probabilities of the core particles."""
+        if self.core_logits is None:
+            raise ValueError(f"{self.name}: this dataset has no core part")
+        return _softmax_frame(self.core_logits, temperature)
+
+
+def _softmax_frame(logits: pd.DataFrame, temperature: float) -> pd.DataFrame:
+    """Row-wise softmax of a logits frame, same index and columns."""
+    return pd.DataFrame(softmax(logits.to_numpy() / temperature, axis=1), index=logits.index, columns=logits.columns)
+
+
+def split_ids(table: pd.DataFrame, split: str) -> pd.Index:
+    """Particle ids of one split (train/val/test)."""
+    ids = table.index[table[SPLIT] == split]
+    if not len(ids):
+        raise ValueError(f"the {split!r} split is empty; check val_fraction/test_fraction")
+    return ids
+
+
+def class_keys(bundle: DatasetBundle) -> list[str]:
+    """The classes a model predicts: manifest order, restricted to those present in the training split."""
+    present = set(bundle.train.table.loc[bundle.train.table[SPLIT] == "train", LABEL])
+    return [k for k in bundle.classes if k in present] + sorted(present - set(bundle.classes))
+
+
+def build_torch_classifier(kind: str, n_classes: int, cfg: TrainConfig) -> Any:
+    """The study's networks: NN_META (``mlp``), CNN_IMG (``image``), CNN_BOTH (``both``)."""
+    if kind == "mlp":
+        return MetadataMLP(len(FLOWCAM_FEATURES), n_classes)
+    if kind in ("image", "both"):
+        n_features = len(FLOWCAM_FEATURES) if kind == "both" else 0
+        return ParticleCNN(n_classes, n_features=n_features, weights=getattr(cfg, "weights", "none"))
+    raise ValueError(f"unknown classifier kind {kind!r}; choose one of {KINDS}")
+
+
+def fit_torch_classifier(
+    bundle: DatasetBundle, cfg: TrainConfig, kind: str, out_dir: Path, *, epochs: int | None = None,
+    progress: bool = True,
+) -> ClassifierOutputs:
+    """Train one torch classifier on the train split (early stopping on val) and predict every particle."""
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, epochs=epochs) if epochs else cfg
+    table = bundle.train.table
+    classes = class_keys(bundle)
+    scaler = FeatureScaler().fit(table)
+    features = scaler.transform(table)
+    images = None if kind == "mlp" else bundle.train.images
+    known = table[LABEL].isin(classes).to_numpy()
+    labels = np.full(len(table), -1, dtype=np.int64)
+    labels[known] = label_codes(table.loc[known, LABEL], classes)
+    device = resolve_device(cfg.device)
+    rows = {s: np.flatnonzero((table[SPLIT] == s).to_numpy() & known) for s in ("train", "val")}
+    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, device=device, num_workers=cfg.num_workers,
+                  progress=progress)
+    train_b = choose_batches(images, rows["train"], labels, features, shuffle=True, **common)
+    val_b = choose_batches(images, rows["val"], labels, features, shuffle=False, **common)
+    model = build_torch_classifier(kind, len(classes), cfg)
+    history = fit(model, train_b, val_b, cfg=cfg, out_dir=out_dir, task="classify", progress=progress)
+    atomic_write_json(out_dir / "preprocessing.json", {"classes": classes, "scaler": scaler.state_dict()})
+    every = choose_batches(images, np.arange(len(table)), None, features, shuffle=False, **common)
+    logits, emb = predict(model, every, progress=progress)
+    core_logits = core_emb = None
+    if bundle.core is not None:
+        core_images = None if kind == "mlp" else bundle.core.images
+        core_b = choose_batches(core_images, np.arange(len(bundle.core.table)), None,
+                                scaler.transform(bundle.core.table), shuffle=False, **common)
+        core_l, core_e = predict(model, core_b, progress=progress)
+        core_logits, core_emb = _frame(core_l, bundle.core.table.index, classes), _embedding(core_e, bundle.core.table.index)
+    return ClassifierOutputs(kind, classes, _frame(logits, table.index, classes), core_logits,
+                             _embedding(emb, table.index), core_emb, history.frame)
+
+
+def fit_bdt(bundle: DatasetBundle, cfg: BDTConfig, out_dir: Path, *, progress: bool = True) -> tuple[BDTClassifier, ClassifierOutputs, pd.DataFrame | None]:
+    """XGBoost on the 34 features: optional randomized CV search, then a fit with early stopping on val."""
+    table = bundle.train.table
+    classes = class_keys(bundle)
+    train = table.loc[split_ids(table, "train")]
+    train = train[train[LABEL].isin(classes)]
+    val = table.loc[split_ids(table, "val")]
+    val = val[val[LABEL].isin(classes)]
+    X, y = train[list(FLOWCAM_FEATURES)], train[LABEL]
+    model = BDTClassifier(eta=cfg.eta, max_depth=cfg.max_depth, n_estimators=cfg.n_estimators,
+                          early_stopping_rounds=cfg.early_stopping_rounds, device=cfg.device, seed=cfg.seed)
+    results = None
+    if cfg.search_iterations > 0:
+        best, results = search(X, y, n_iter=cfg.search_iterations, cv=cfg.cv_folds, seed=cfg.seed, base=model,
+                               progress=progress)
+        model.set_params(**best)
+    model.fit(X, y, eval_set=(val[list(FLOWCAM_FEATURES)], val[LABEL]))
+    model.save(out_dir / "bdt.json")
+    outputs = ClassifierOutputs(
+        "bdt", [str(c) for c in model.classes_], _log_proba(model, table),
+        _log_proba(model, bundle.core.table) if bundle.core is not None else None,
+    )
+    return model, outputs, results
+
+
+def _log_proba(model: BDTClassifier, table: pd.DataFrame) -> pd.DataFrame:
+    """XGBoost's probabilities as logits (log p), so every model is calibrated and scored the same way."""
+    proba = model.predict_proba_frame(table[list(FLOWCAM_FEATURES)])
+    return np.log(proba.clip(lower=1e-12))
+
+
+def _frame(values: np.ndarray, index: pd.Index, classes: list[str]) -> pd.DataFrame:
+    """Logits as a DataFrame keyed by particle id, one column per class."""
+    return pd.DataFrame(values, index=index, columns=classes)
+
+
+def _embedding(values: np.ndarray, index: pd.Index) -> pd.DataFrame:
+    """An embedding as a DataFrame keyed by particle id with columns emb_00, emb_01, ..."""
+    return pd.DataFrame(values, index=index, columns=[f"{EMBED_PREFIX}{i:02d}" for i in range(values.shape[1])])
+
+
+def evaluate_split(outputs: ClassifierOutputs, table: pd.DataFrame, split: str = "test", *,
+                   temperature: float = 1.0, n_boot: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Every metric of one classifier on one labelled split (known classes only)."""
+    proba = outputs.proba(split, table, temperature)
+    y = table.loc[proba.index, LABEL]
+    keep = y.isin(outputs.classes).to_numpy()
+    return ev.evaluate(y[keep], proba[keep], outputs.classes, n_boot=n_boot, seed=seed)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling fitted on validation logits, with test ECE before and after."""
+
+    temperature: float
+    ece_before: float
+    ece_after: float
+    curves: dict[str, pd.DataFrame]
+
+
+def calibrate(outputs: ClassifierOutputs, table: pd.DataFrame, n_bins: int = 15) -> Calibration:
+    """Fit a temperature on val; report the test set's ECE and reliability curves before and after."""
+    val = split_ids(table, "val")
+    scaler = ev.TemperatureScaler().fit(outputs.labelled_logits.loc[val], table.loc[val, LABEL], outputs.classes)
+    t = scaler.temperature_
+    y = table.loc[split_ids(table, "test"), LABEL]
+    probas = {"uncalibrated": outputs.proba("test", table), f"temperature {t:.2f}": outputs.proba("test", table, t)}
+    eces = {name: ev.expected_calibration_error(p, y, n_bins) for name, p in probas.items()}
+    curves = {f"{name} (ECE {eces[name]:.3f})": ev.reliability_curve(p, y, n_bins) for name, p in probas.items()}
+    before, after = eces.values()
+    return Calibration(t, before, after, curves)
+
+
+def core_table(outputs: ClassifierOutputs, temperature: float, thresholds: pd.Series) -> pd.DataFrame:
+    """Per core particle: calibrated probabilities, predicted class, max probability, unassigned flag, embedding."""
+    proba = outputs.core_proba(temperature)
+    pred, unassigned = ev.apply_thresholds(proba, thresholds)
+    table = proba.add_prefix("p_").assign(pred=proba.idxmax(axis=1), max_prob=proba.max(axis=1),
+                                          assigned=pred, unassigned=unassigned)
+    if outputs.core_embedding is not None:
+        table = table.join(outputs.core_embedding)
+    return table
+
+
+def compositions(outputs: ClassifierOutputs, table: pd.DataFrame, temperature: float, *, n_boot: int,
+                 seed: int) -> dict[str, pd.DataFrame]:
+    """Core composition by classify-and-count and by EM prior adjustment, each with bootstrap intervals."""
+    proba = outputs.core_proba(temperature)
+    train_priors = table.loc[split_ids(table, "train"), LABEL].value_counts(normalize=True).reindex(outputs.classes, fill_value=0)
+    return {method: quantify.bootstrap_composition(proba, method, n_boot=n_boot, seed=seed, train_priors=train_priors)
+            for method in ("cc", "em")}
+
+
+def save_outputs(outputs: ClassifierOutputs, run_dir: Path) -> dict[str, Path]:
+    """Write logits + embeddings of the labelled part and the core as Parquet tables in the run directory."""
+    paths = {}
+    for part, logits, emb in (("labelled", outputs.labelled_logits, outputs.labelled_embedding),
+                              ("core", outputs.core_logits, outputs.core_embedding)):
+        if logits is None:
+            continue
+        frame = logits.add_prefix("logit_")
+        frame = frame.join(emb) if emb is not None else frame
+        paths[part] = atomic_write_table(frame, Path(run_dir) / "tables" / f"{outputs.name}_{part}.parquet")
+    return paths
+
+
+def load_outputs(run_dir: Path, name: str) -> ClassifierOutputs:
+    """Read back what :func:`save_outputs` wrote, so later notebooks reuse a model's outputs without retraining."""
+    parts = {}
+    for part in ("labelled", "core"):
+        path = Path(run_dir) / "tables" / f"{name}_{part}.parquet"
+        if not path.exists():
+            if part == "labelled":
+                raise FileNotFoundError(f"{path} is missing: run the notebook that trains {name!r} first")
+            parts[part] = (None, None)
+            continue
+        frame = pd.read_parquet(path)
+        logit_cols = [c for c in frame.columns if c.startswith("logit_")]
+        emb_cols = [c for c in frame.columns if c.startswith(EMBED_PREFIX)]
+        logits = frame[logit_cols].rename(columns=lambda c: c.removeprefix("logit_"))
+        parts[part] = (logits, frame[emb_cols] if emb_cols else None)
+    classes = list(parts["labelled"][0].columns)
+    return ClassifierOutputs(name, classes, parts["labelled"][0], parts["core"][0], parts["labelled"][1], parts["core"][1])

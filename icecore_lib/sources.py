@@ -1,0 +1,421 @@
+"""Image sources (a zip read in place, or a folder) that refuse hostile names, safe extraction, gray decoding.
+
+Names inside a source are normalised to ``a/b/c.png`` (forward slashes, no ``./``); every name that could
+reach outside the source (``..``, absolute paths, drive letters, backslash tricks, symlinks) is refused
+with an :class:`UnsafeSourceError` naming it. Decoding turns any PNG mode into a 2-D uint8 gray array.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import hashlib
+import io
+import multiprocessing
+import os
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# Image.open may only pick these decoders: a file named .png must not reach an exotic (EPS, ...) parser.
+DECODE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
+# Transparent pixels are composited onto the instrument's light-grey brightfield background (~90-120),
+# so padding around a crop looks like background, not like a dark particle (RGB under alpha=0 is often black).
+BACKGROUND_GRAY = 110
+MAX_MEMBER_BYTES = 64 * 2**20
+MAX_EXTRACT_BYTES = 32 * 2**30
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_COPY_BLOCK = 2**20
+
+
+class UnsafeSourceError(ValueError):
+    """A zip member or folder entry that could reach outside its root, or a zip bomb."""
+
+
+class DecodeError(ValueError):
+    """An image that cannot be decoded (truncated, corrupt, not an image), naming the file."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: cannot decode image ({reason})")
+        self.name = name
+        self.reason = reason
+
+
+def normalize_name(name: str, where: str = "") -> str:
+    """The name with '/' separators and no './' parts; refuses names that could leave their root."""
+    clean = name.replace("\\", "/")
+    parts = [p for p in clean.split("/") if p not in ("", ".")]
+    unsafe = "\x00" in clean or clean.startswith("/") or _DRIVE.match(clean) or ".." in parts or not parts
+    if unsafe:
+        raise UnsafeSourceError(f"{where or 'source'}: refusing unsafe name {name!r}")
+    return "/".join(parts)
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a member name looks like an image file (macOS '__MACOSX' resource forks excluded)."""
+    return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("__MACOSX/")
+
+
+def sha256_file(path: Path | str, block: int = _COPY_BLOCK) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _zip_is_symlink(info: zipfile.ZipInfo) -> bool:
+    """Whether a zip member is a symbolic link (Unix mode in the high bits of external_attr)."""
+    return stat.S_ISLNK(info.external_attr >> 16)
+
+
+def safe_members(path: Path) -> dict[str, zipfile.ZipInfo]:
+    """Every member of a zip by normalised name; refuses hostile names, symlinks and name collisions."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except zipfile.BadZipFile as exc:
+        raise UnsafeSourceError(f"{path}: not a readable zip archive ({exc})") from exc
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = normalize_name(info.filename, str(path))
+        if _zip_is_symlink(info):
+            raise UnsafeSourceError(f"{path}: refusing symbolic-link member {info.filename!r}")
+        if name in members:
+            raise UnsafeSourceError(f"{path}: members {members[name].filename!r} and {info.filename!r} collide")
+        members[name] = info
+    return members
+
+
+class ImageSource(abc.ABC):
+    """Images addressed by normalised relative name, read without extracting anything."""
+
+    path: Path
+
+    @abc.abstractmethod
+    def names(self, near: Collection[str] | None = None) -> list[str]:
+        """Image names in the source (folders: only the directories holding ``near`` when given)."""
+
+    @abc.abstractmethod
+    def read(self, name: str) -> bytes:
+        """The raw bytes of one image."""
+
+    @abc.abstractmethod
+    def _signature(self, name: str) -> str:
+        """A cheap per-image value that changes when the image's content changes."""
+
+    def fingerprint(self, names: Sequence[str]) -> str:
+        """Hex sha256 of the listing (names and signatures): a cache key without reading every image."""
+        digest = hashlib.sha256(type(self).__name__.encode())
+        for name in sorted(names):
+            digest.update(f"{name}\0{self._signature(name)}\n".encode())
+        return digest.hexdigest()
+
+
+class ZipSource(ImageSource):
+    """Images inside a zip archive, read member by member in place."""
+
+    def __init__(self, path: Path | str, max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
+        self.path = Path(path)
+        self.max_member_bytes = max_member_bytes
+        self._members = safe_members(self.path)
+        self._zip: zipfile.ZipFile | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle only the path: each worker process reopens the archive itself."""
+        return {"path": self.path, "max_member_bytes": self.max_member_bytes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Reopen the archive in the receiving process."""
+        self.__init__(state["path"], state["max_member_bytes"])
+
+    def names(self, near: Collection[str] | None = None) -> list[str]:
+        """Every image member (the zip's central directory is cheap to list whole)."""
+        return [n for n, info in self._members.items() if not info.is_dir() and is_image_name(n)]
+
+    def read(self, name: str) -> bytes:
+        """A member's bytes, refusing members larger than ``max_member_bytes`` (zip bombs)."""
+        info = self._members.get(name)
+        if info is None:
+            raise FileNotFoundError(f"{self.path}: no member {name!r}")
+        if info.file_size > self.max_member_bytes:
+            raise UnsafeSourceError(f"{self.path}: member {name!r} is {info.file_size} bytes uncompressed")
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self.path)
+        with self._zip.open(info) as fh:
+            return fh.read(self.max_member_bytes + 1)
+
+    def _signature(self, name: str) -> str:
+        """The member's CRC-32 and size from the central directory."""
+        info = self._members[name]
+        return f"{info.CRC:08x}:{info.file_size}"
+
+
+class FolderSource(ImageSource):
+    """Images in a folder tree; symlinks are followed only when they stay inside the folder."""
+
+    def __init__(self, path: Path | str, max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
+        self.path = Path(path)
+        self.max_member_bytes = max_member_bytes
+        self._root = self.path.resolve()
+
+    def names(self, near: Collection[str] | None = None) -> list[str]:
+        """Image files under the folder; with ``near``, only in the directories that hold those names."""
+        if near is None:
+            dirs = (Path(d) for d, _, _ in os.walk(self.path))
+        else:
+            dirs = (self.path / p for p in sorted({os.path.dirname(n) for n in near}))
+        found: list[str] = []
+        for directory in dirs:
+            found.extend(self._images_in(directory))
+        return found
+
+    def _images_in(self, directory: Path) -> Iterator[str]:
+        """Normalised names of the image files directly in one directory (missing directory: none)."""
+        if not directory.is_dir():
+            return
+        self._inside(directory)
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if not is_image_name(entry.name):
+                    continue
+                if entry.is_symlink():
+                    self._inside(Path(entry.path))
+                if entry.is_file():
+                    yield Path(entry.path).relative_to(self.path).as_posix()
+
+    def _inside(self, path: Path) -> Path:
+        """The resolved path, refusing one (e.g. a symlink) that points outside the folder."""
+        real = path.resolve()
+        if not real.is_relative_to(self._root):
+            raise UnsafeSourceError(f"{self.path}: {path.relative_to(self.path)} points outside the folder ({real})")
+        return real
+
+    def read(self, name: str) -> bytes:
+        """A file's bytes, refusing paths that leave the folder and files over ``max_member_bytes``."""
+        path = self._inside(self.path / normalize_name(name, str(self.path)))
+        size = path.stat().st_size
+        if size > self.max_member_bytes:
+            raise UnsafeSourceError(f"{self.path}: {name!r} is {size} bytes")
+        return path.read_bytes()
+
+    def _signature(self, name: str) -> str:
+        """Size and modification time of the file (missing file: 'missing')."""
+        try:
+            st = (self.path / name).stat()
+        except FileNotFoundError:
+            return "missing"
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def open_source(path: Path | str) -> ImageSource:
+    """The image source at ``path``: a zip archive or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        return FolderSource(path)
+    if path.is_file():
+        return ZipSource(path)
+    raise FileNotFoundError(f"image source {path} does not exist (expected a .zip file or a folder)")
+
+
+def _copy_capped(src: BinaryIO, dst: BinaryIO, written: int, cap: int, where: str) -> int:
+    """Copy a stream, failing once the running total passes ``cap`` (headers can lie about sizes)."""
+    while chunk := src.read(_COPY_BLOCK):
+        written += len(chunk)
+        if written > cap:
+            raise UnsafeSourceError(f"{where}: uncompressed content exceeds the cap of {cap} bytes")
+        dst.write(chunk)
+    return written
+
+
+def safe_extract(zip_path: Path | str, target: Path | str, max_total_bytes: int = MAX_EXTRACT_BYTES) -> list[Path]:
+    """Extract a zip into ``target`` (new or empty) atomically: never outside it, never past the size cap."""
+    zip_path, target = Path(zip_path), Path(target)
+    members = safe_members(zip_path)
+    declared = sum(info.file_size for info in members.values())
+    if declared > max_total_bytes:
+        raise UnsafeSourceError(f"{zip_path}: declares {declared} bytes uncompressed, over the cap {max_total_bytes}")
+    if target.exists() and any(target.iterdir()):
+        raise FileExistsError(f"{target} exists and is not empty; extract into a new folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _extract_members(zip_path, members, tmp, max_total_bytes)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [target / name for name, info in members.items() if not info.is_dir()]
+
+
+def _extract_members(zip_path: Path, members: dict[str, zipfile.ZipInfo], dest: Path, cap: int) -> None:
+    """Write every (already vetted) member under ``dest``, counting real uncompressed bytes."""
+    root = dest.resolve()
+    written = 0
+    with zipfile.ZipFile(zip_path) as zf:
+        for name, info in members.items():
+            out = dest / name
+            if not out.resolve().is_relative_to(root):
+                raise UnsafeSourceError(f"{zip_path}: member {info.filename!r} resolves outside the target")
+            if info.is_dir():
+                out.mkdir(parents=True, exist_ok=True)
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(out, "xb") as dst:
+                written = _copy_capped(src, dst, written, cap, str(zip_path))
+
+
+def decode_gray(data: bytes, name: str, size: int | None = None) -> np.ndarray:
+    """A 2-D uint8 gray image from PNG (any mode) / JPEG / TIFF / BMP bytes, optionally resized to size x size.
+
+    L, P (palette), RGB, 1 and CMYK become ITU-R 601 luma; images with alpha (RGBA, LA, PA, P with
+    transparency) are composited onto ``BACKGROUND_GRAY``; 16-bit gray (I;16*) and 32-bit I are scaled
+    by 1/257 (65535 -> 255), so brightness stays comparable across bit depths; F is clipped to 0..255.
+    The resize stretches the crop to a square with Pillow's anti-aliased bilinear filter, as the
+    reference study stretches to 128x128: a crop's size and aspect ratio live in its features.
+    """
+    gray = _open_gray(data, name)
+    return np.asarray(gray if size is None else _resize(gray, size), dtype=np.uint8)
+
+
+def _open_gray(data: bytes, name: str) -> Image.Image:
+    """Decode image bytes fully into an 8-bit 'L' image; any failure becomes a DecodeError naming the file."""
+    try:
+        img = Image.open(io.BytesIO(data), formats=DECODE_FORMATS)
+        img.load()
+        return _to_gray(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DecodeError(name, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _resize(gray: Image.Image, size: int) -> Image.Image:
+    """Stretch to size x size with Pillow's bilinear filter (anti-aliased when shrinking)."""
+    return gray.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def _to_gray(img: Image.Image) -> Image.Image:
+    """An 8-bit 'L' image from any Pillow mode (see :func:`decode_gray` for the rules)."""
+    mode = img.mode
+    if mode == "L":
+        return img
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
+        return _composite_on_background(img)
+    if mode.startswith("I"):
+        wide = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(np.round(np.clip(wide, 0, 65535) / 257).astype(np.uint8))
+    if mode == "F":
+        return Image.fromarray(np.round(np.clip(np.asarray(img), 0, 255)).astype(np.uint8))
+    if mode in ("1", "P", "RGB"):
+        return img.convert("L")
+    return img.convert("RGB").convert("L")
+
+
+def _composite_on_background(img: Image.Image) -> Image.Image:
+    """Luma of an image with alpha, composited onto the instrument's background gray."""
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (BACKGROUND_GRAY, BACKGROUND_GRAY, BACKGROUND_GRAY, 255))
+    return Image.alpha_composite(background, rgba).convert("L")
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """What a decoding pass found: the original (height, width) of every image and the failures."""
+
+    shapes: np.ndarray  # (N, 2) int32; (0, 0) where decoding failed
+    errors: dict[str, str]  # name -> reason
+
+
+def default_workers(workers: int) -> int:
+    """The number of processes to use: ``workers``, or every core available to this process when 0."""
+    if workers > 0:
+        return workers
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def decode_many(
+    source: ImageSource,
+    names: Sequence[str],
+    *,
+    out: Path | None = None,
+    workers: int = 0,
+    chunk_size: int = 512,
+    progress: bool = True,
+) -> DecodeResult:
+    """Decode ``names`` in parallel over chunks (each worker process opens the source itself).
+
+    With ``out`` (an existing ``.npy`` of shape (N, S, S) uint8) each image is resized to S x S and
+    written to its row; rows of images that fail stay zero. Without it, decoding is only a check.
+    """
+    chunks = [(start, list(names[start:start + chunk_size])) for start in range(0, len(names), chunk_size)]
+    n_procs = min(default_workers(workers), len(chunks))
+    shapes = np.zeros((len(names), 2), dtype=np.int32)
+    errors: dict[str, str] = {}
+    bar = tqdm(total=len(names), desc=f"decode {source.path.name}", unit="img", disable=not progress)
+    with bar, _chunk_runner(source, out, n_procs) as run:
+        for start, chunk_shapes, chunk_errors in run(chunks):
+            shapes[start:start + len(chunk_shapes)] = chunk_shapes
+            errors.update(chunk_errors)
+            bar.update(len(chunk_shapes))
+    return DecodeResult(shapes=shapes, errors=errors)
+
+
+_ChunkResult = tuple[int, np.ndarray, dict[str, str]]
+_WORKER: dict[str, Any] = {}
+# What reading one image can raise besides DecodeError: a missing or oversized member, a corrupt zip stream.
+_READ_ERRORS = (DecodeError, UnsafeSourceError, OSError, zipfile.BadZipFile, zlib.error, EOFError)
+
+
+@contextlib.contextmanager
+def _chunk_runner(
+    source: ImageSource, out: Path | None, n_procs: int
+) -> Iterator[Callable[[list[tuple[int, list[str]]]], Iterable[_ChunkResult]]]:
+    """A function mapping chunks to results: in this process, or over a pool of spawned workers."""
+    if n_procs <= 1:
+        _init_worker(source, out)
+        try:
+            yield lambda chunks: map(_decode_chunk, chunks)
+        finally:
+            _WORKER.clear()
+        return
+    # spawn, not fork: forking a process that already runs torch/OpenMP threads can deadlock.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(n_procs, initializer=_init_worker, initargs=(source, out)) as pool:
+        yield lambda chunks: pool.imap_unordered(_decode_chunk, chunks)
+
+
+def _init_worker(source: ImageSource, out: Path | None) -> None:
+    """Keep the source and the memory-mapped output array open for the life of the process."""
+    _WORKER["source"] = source
+    _WORKER["out"] = None if out is None else np.load(out, mmap_mode="r+")
+
+
+def _decode_chunk(task: tuple[int, list[str]]) -> _ChunkResult:
+    """Decode one chunk of names into its output rows; returns the original shapes and the failures."""
+    start, names = task
+    source, out = _WORKER["source"], _WORKER["out"]
+    shapes = np.zeros((len(names), 2), dtype=np.int32)
+    errors: dict[str, str] = {}
+    for i, name in enumerate(names):
+        try:
+            gray = _open_gray(source.read(name), name)
+        except _READ_ERRORS as exc:
+            errors[name] = str(exc)
+            continue
+        shapes[i] = gray.height, gray.width
+        if out is not None:
+            out[start + i] = np.asarray(_resize(gray, out.shape[1]), dtype=np.uint8)
+    if out is not None:
+        out.flush()
+    return start, shapes, errors

@@ -1,0 +1,505 @@
+"""The one training loop for every torch model (metadata MLP, ResNet18 +/- metadata, autoencoder).
+
+Convention: a batch is a dict of device tensors (``icecore_lib.torchdata``); a model names the keys it
+reads in ``input_keys`` and is called as ``model(*(batch[k] for k in model.input_keys))``. Task
+``"classify"`` trains logits against ``batch["label"]`` with cross-entropy; task ``"reconstruct"``
+trains ``model.reconstruction_loss`` (the autoencoder).
+
+``fit`` writes into ``out_dir``: ``history.csv`` (one row per epoch), ``best.safetensors`` (the model
+at the lowest monitored loss: validation loss, or training loss without validation batches) and
+``last.safetensors`` (model, optimizer, scheduler, loop and RNG states after the latest epoch). Run it
+again on the same ``out_dir`` after an interruption and it resumes from ``last.safetensors`` with the
+same result as an uninterrupted run (bit for bit on CPU): each epoch's shuffling and augmentation are
+drawn from ``(seed, epoch)``, and the global RNG that dropout uses is restored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .runs import atomic_path, atomic_write_table
+from .torchdata import Batch, augment
+
+Task = Literal["classify", "reconstruct"]
+TASKS = ("classify", "reconstruct")
+SCHEDULES = ("onecycle", "cosine")
+HISTORY_FILE = "history.csv"
+BEST_FILE = "best.safetensors"
+LAST_FILE = "last.safetensors"
+_META_KEY = "icecore"
+_HISTORY_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s")
+_AUGMENT_STREAM = 7919  # keeps the augmentation seed apart from the shuffling seed of the same epoch
+
+
+class Batches(Protocol):
+    """What fit and predict need from a batch source (DeviceBatches and LoaderBatches provide it)."""
+
+    device: torch.device
+
+    @property
+    def shuffle(self) -> bool: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Any: ...
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; a named device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available here; use device='auto' or 'cpu'")
+    return device
+
+
+@dataclass(frozen=True)
+class History:
+    """What fit returns: the per-epoch metrics, the best epoch, whether early stopping ended training."""
+
+    frame: pd.DataFrame
+    best_epoch: int
+    stopped_early: bool
+    best_path: Path
+
+
+@dataclass
+class _LoopState:
+    """The loop's own state, saved in every checkpoint."""
+
+    epoch: int = 0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    rows: list[dict[str, float]] = field(default_factory=list)
+
+    def record(self, row: dict[str, float], patience: int) -> bool:
+        """Add an epoch's metrics; update early stopping; True when this epoch is the best so far."""
+        self.epoch = int(row["epoch"])
+        self.rows.append(row)
+        loss = row.get("val_loss", row["train_loss"])
+        improved = loss < self.best_loss
+        if improved:
+            self.best_loss, self.best_epoch, self.bad_epochs = loss, self.epoch, 0
+        else:
+            self.bad_epochs += 1
+        self.stopped_early = patience > 0 and self.bad_epochs >= patience
+        return improved
+
+    def frame(self) -> pd.DataFrame:
+        """The history as a DataFrame indexed by epoch, metrics first, then learning rate and timing."""
+        frame = pd.DataFrame(self.rows).astype({"epoch": int}).set_index("epoch")
+        return frame[[c for c in _HISTORY_COLUMNS if c in frame.columns]]
+
+
+@dataclass
+class _Loop:
+    """Everything one fit call works with."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    cfg: TrainConfig
+    task: Task
+    device: torch.device
+    progress: bool
+
+
+def fit(
+    model: nn.Module,
+    train_batches: Batches,
+    val_batches: Batches | None = None,
+    *,
+    cfg: TrainConfig,
+    out_dir: Path | str,
+    task: Task = "classify",
+    progress: bool = True,
+    resume: bool = True,
+) -> History:
+    """Train ``model`` with AdamW and a one-cycle/cosine schedule, early stopping on validation loss.
+
+    Resumes from ``out_dir/last.safetensors`` when ``resume`` and it exists. On return the model holds
+    the best epoch's weights. On CUDA: bf16 autocast, channels_last, cuDNN autotuning; on CPU: fp32.
+    """
+    _check_fit_args(model, train_batches, val_batches, cfg, task)
+    out_dir = Path(out_dir)
+    device = train_batches.device
+    seed_everything(cfg.seed)
+    model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(model, cfg)
+    loop = _Loop(model, optimizer, _scheduler(optimizer, cfg, len(train_batches)), cfg, task, device, progress)
+    fingerprint = _fingerprint(loop, len(train_batches))
+    state = _LoopState()
+    if resume and (out_dir / LAST_FILE).exists():
+        state = _load_training_state(out_dir / LAST_FILE, loop, fingerprint)
+    if cfg.compile:
+        model.compile()
+    epochs = range(state.epoch + 1, cfg.epochs + 1) if not state.stopped_early else range(0)
+    for epoch in tqdm(epochs, desc=f"{type(model).__name__} epochs", disable=not progress):
+        row = _epoch_row(loop, train_batches, val_batches, epoch)
+        if state.record(row, cfg.patience):
+            save_weights(model, out_dir / BEST_FILE, epoch=epoch, loss=state.best_loss)
+        _save_training_state(out_dir / LAST_FILE, loop, state, fingerprint)
+        atomic_write_table(state.frame(), out_dir / HISTORY_FILE)
+        if state.stopped_early:
+            break
+    load_weights(model, out_dir / BEST_FILE)
+    return History(state.frame(), state.best_epoch, state.stopped_early, out_dir / BEST_FILE)
+
+
+def _check_fit_args(model: nn.Module, train: Batches, val: Batches | None, cfg: TrainConfig, task: str) -> None:
+    """Fail early, and clearly, on a configuration the loop cannot honour."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if task == "reconstruct" and not hasattr(model, "reconstruction_loss"):
+        raise TypeError(f"task 'reconstruct' needs a model with reconstruction_loss; {type(model).__name__} has none")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    if cfg.epochs < 1 or len(train) == 0:
+        raise ValueError(f"need at least one epoch and one training batch (epochs={cfg.epochs}, batches={len(train)})")
+    wanted = resolve_device(cfg.device)
+    for name, batches in (("train_batches", train), ("val_batches", val)):
+        if batches is not None and batches.device.type != wanted.type:
+            raise ValueError(
+                f"{name} live on {batches.device} but cfg.device={cfg.device!r} means {wanted}: build them with "
+                f"choose_batches(..., device=resolve_device(cfg.device))"
+            )
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; biases and normalisation parameters (1-D) get no weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+
+
+def _scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step one-cycle (warm-up to ``cfg.lr``, then cosine down) or plain cosine decay."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+
+
+def _fingerprint(loop: _Loop, steps_per_epoch: int) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed (a change here would change the result)."""
+    keys = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "label_smoothing", "seed", "augment")
+    return {
+        "model": type(loop.model).__name__,
+        "task": loop.task,
+        "steps_per_epoch": steps_per_epoch,
+        **{k: getattr(loop.cfg, k) for k in keys},
+    }
+
+
+def _epoch_row(loop: _Loop, train_batches: Batches, val_batches: Batches | None, epoch: int) -> dict[str, float]:
+    """Train one epoch, validate, and return the history row (accuracy only when classifying)."""
+    train = _pass(loop, train_batches, epoch, train=True)
+    if not math.isfinite(train["loss"]):
+        raise FloatingPointError(f"training loss is not finite in epoch {epoch}: lower cfg.lr (now {loop.cfg.lr})")
+    row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"]}
+    if val_batches is not None:
+        val = _pass(loop, val_batches, epoch, train=False)
+        row |= {"val_loss": val["loss"], "val_acc": val["acc"]}
+    if loop.task != "classify":
+        row = {k: v for k, v in row.items() if not k.endswith("_acc")}
+    lr = loop.optimizer.param_groups[0]["lr"]
+    return row | {"lr": lr, "seconds": train["seconds"], "images_per_s": train["n"] / train["seconds"]}
+
+
+def _pass(loop: _Loop, batches: Batches, epoch: int, *, train: bool) -> dict[str, float]:
+    """One pass over ``batches``: training steps with augmentation, or no-grad evaluation in eval mode.
+
+    Returns the mean loss, accuracy, sample count and seconds; losses are summed on the device and read
+    once at the end, so the pass never waits on the GPU.
+    """
+    loop.model.train(train)
+    batches.set_epoch(epoch)
+    generator = torch.Generator(device=loop.device).manual_seed(loop.cfg.seed * 100_003 + epoch + _AUGMENT_STREAM)
+    totals, n = torch.zeros(2, device=loop.device), 0
+    start = time.perf_counter()
+    desc = f"epoch {epoch}" if train else "validate"
+    with torch.set_grad_enabled(train):
+        for batch in tqdm(batches, total=len(batches), desc=desc, leave=False, disable=not loop.progress):
+            if train and loop.cfg.augment and "image" in batch:
+                batch["image"] = augment(batch["image"], generator)
+            with _autocast(loop.device):
+                losses, correct = _losses(loop.model, _prepare(batch, loop.device), loop.task, loop.cfg.label_smoothing)
+            if train:
+                loop.optimizer.zero_grad(set_to_none=True)
+                losses.mean().backward()
+                loop.optimizer.step()
+                loop.scheduler.step()
+            totals += torch.stack([losses.detach().sum(), correct])
+            n += len(losses)
+    loss_sum, n_correct = totals.tolist()
+    return {"loss": loss_sum / n, "acc": n_correct / n, "n": n, "seconds": time.perf_counter() - start}
+
+
+def _losses(model: nn.Module, batch: Batch, task: str, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample losses (float32) and the number of correct predictions (0 for reconstruction)."""
+    inputs = model_inputs(model, batch)
+    if task == "reconstruct":
+        losses = model.reconstruction_loss(*inputs)
+        return losses, torch.zeros((), device=losses.device)
+    if "label" not in batch:
+        raise KeyError(f"task 'classify' needs labelled batches: these hold {sorted(batch)}")
+    logits = model(*inputs).float()
+    labels = batch["label"]
+    losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    return losses, (logits.argmax(dim=1) == labels).sum().float()
+
+
+def model_inputs(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
+    """The batch values a model reads, in the order of its ``input_keys``."""
+    keys = getattr(model, "input_keys", None)
+    if keys is None:
+        raise TypeError(f"{type(model).__name__} has no input_keys naming the batch keys it reads")
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"{type(model).__name__} reads batch key(s) {missing} but the batches hold {sorted(batch)}")
+    return [batch[k] for k in keys]
+
+
+def _prepare(batch: Batch, device: torch.device) -> Batch:
+    """Images in channels_last on CUDA (faster convolutions under bf16); unchanged elsewhere."""
+    if device.type == "cuda" and "image" in batch:
+        return batch | {"image": batch["image"].contiguous(memory_format=torch.channels_last)}
+    return batch
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA; fp32 (disabled) elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def predict(model: nn.Module, batches: Batches, *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Outputs and embeddings of every sample, in ``batches.indices`` order, from one no-grad pass.
+
+    Classifiers give ``(logits, 40-unit embeddings)``; the autoencoder gives
+    ``(per-sample reconstruction MSE, latent codes)``.
+    """
+    outputs, embeddings = _collect(model, batches, _predict_step, "predict", progress)
+    return outputs, embeddings
+
+
+def _predict_step(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's own one-pass (outputs, embeddings) on a batch."""
+    return model.predict_step(*model_inputs(model, batch))
+
+
+def per_sample_loss(model: nn.Module, batches: Batches, *, progress: bool = True) -> np.ndarray:
+    """Each sample's loss in ``batches.indices`` order: reconstruction MSE for the autoencoder,
+    cross-entropy against the batch labels for a classifier."""
+    task = "reconstruct" if hasattr(model, "reconstruction_loss") else "classify"
+    (losses,) = _collect(model, batches, lambda m, b: (_losses(m, b, task, 0.0)[0],), "per-sample loss", progress)
+    return losses
+
+
+@torch.no_grad()
+def _collect(
+    model: nn.Module,
+    batches: Batches,
+    step: Callable[[nn.Module, Batch], tuple[torch.Tensor, ...]],
+    desc: str,
+    progress: bool,
+) -> list[np.ndarray]:
+    """Run ``step`` over unshuffled batches in eval mode; concatenate each of its outputs as float32 arrays."""
+    if batches.shuffle:
+        raise ValueError("inference needs batches built with shuffle=False, so outputs follow batches.indices")
+    model.eval()
+    model.to(batches.device)
+    parts: list[list[torch.Tensor]] = []
+    for batch in tqdm(batches, total=len(batches), desc=desc, disable=not progress):
+        with _autocast(batches.device):
+            outputs = step(model, _prepare(batch, batches.device))
+        parts.append([o.float() for o in outputs])
+    return [torch.cat(column).cpu().numpy() for column in zip(*parts, strict=True)]
+
+
+def save_weights(model: nn.Module, path: Path | str, **metadata: Any) -> Path:
+    """Write the model's state dict as safetensors (atomically), with JSON-able metadata."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return _write_safetensors(path, tensors, {"model": type(model).__name__, **metadata})
+
+
+def load_weights(model: nn.Module, path: Path | str) -> dict[str, Any]:
+    """Load safetensors weights into ``model`` (every key must match); return the stored metadata."""
+    tensors, metadata = _read_safetensors(path)
+    _load_model_state(model, {k: v for k, v in tensors.items() if not k.startswith(("optimizer.", "rng."))}, path)
+    return metadata
+
+
+def _load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path | str) -> None:
+    """load_state_dict with an error that names the file."""
+    tensors = {k.removeprefix("model."): v for k, v in tensors.items()}
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise RuntimeError(f"{path}: weights do not fit {type(model).__name__}: {err}") from err
+
+
+def _write_safetensors(path: Path | str, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+    """Atomic safetensors write; the metadata travels as one JSON string."""
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(metadata)})
+    return Path(path)
+
+
+def _read_safetensors(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors (on CPU) and the JSON metadata of a safetensors file: no pickle, nothing executed."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = json.loads((handle.metadata() or {}).get(_META_KEY, "{}"))
+    return load_file(str(path), device="cpu"), metadata
+
+
+def _save_training_state(path: Path, loop: _Loop, state: _LoopState, fingerprint: dict[str, Any]) -> None:
+    """Model, optimizer, scheduler, loop and RNG states in one safetensors file."""
+    model_tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in loop.model.state_dict().items()}
+    optim_tensors, optim_meta = _flatten_optimizer(loop.optimizer.state_dict())
+    rng_tensors, rng_meta = _rng_state()
+    metadata = {
+        "fingerprint": fingerprint,
+        "loop": dataclasses.asdict(state),
+        "optimizer": optim_meta,
+        "scheduler": loop.scheduler.state_dict(),
+        "rng": rng_meta,
+    }
+    _write_safetensors(path, model_tensors | optim_tensors | rng_tensors, metadata)
+
+
+def _load_training_state(path: Path, loop: _Loop, fingerprint: dict[str, Any]) -> _LoopState:
+    """Restore everything ``_save_training_state`` wrote; refuse a checkpoint from different settings."""
+    tensors, metadata = _read_safetensors(path)
+    saved = metadata["fingerprint"]
+    changed = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
+    if changed:
+        raise ValueError(
+            f"{path} was written with other settings {changed} (checkpoint, now); "
+            "use a fresh out_dir or fit(..., resume=False)"
+        )
+    _load_model_state(loop.model, {k: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    loop.optimizer.load_state_dict(_unflatten_optimizer(tensors, metadata["optimizer"]))
+    loop.scheduler.load_state_dict(metadata["scheduler"])
+    _set_rng_state(tensors, metadata["rng"])
+    return _LoopState(**metadata["loop"])
+
+
+def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state as named tensors plus JSON (param groups and any non-tensor state)."""
+    tensors: dict[str, torch.Tensor] = {}
+    other: dict[str, dict[str, Any]] = {}
+    for pid, param_state in state_dict["state"].items():
+        for key, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                other.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "state": other}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of ``_flatten_optimizer``."""
+    state: dict[int, dict[str, Any]] = {int(pid): dict(values) for pid, values in meta["state"].items()}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """torch (CPU, every CUDA device), NumPy and Python global RNG states."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    numpy_state = np.random.get_state(legacy=False)
+    tensors["rng.numpy"] = torch.from_numpy(numpy_state["state"]["key"].astype(np.int64))
+    meta = {
+        "python": random.getstate(),
+        "numpy": {
+            "pos": numpy_state["state"]["pos"],
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        },
+    }
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Inverse of ``_rng_state`` (CUDA states only where this machine has the devices)."""
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    cuda_states = [tensors[k] for k in cuda_keys]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state({
+        "bit_generator": "MT19937",
+        "state": {"key": tensors["rng.numpy"].numpy().astype(np.uint32), "pos": meta["numpy"]["pos"]},
+        "has_gauss": meta["numpy"]["has_gauss"],
+        "gauss": meta["numpy"]["gauss"],
+    })
+
+
+def read_history(path: Path | str) -> pd.DataFrame:
+    """A ``history.csv`` written by fit (a run directory's folder or the file itself), indexed by epoch."""
+    path = Path(path)
+    path = path / HISTORY_FILE if path.is_dir() else path
+    return pd.read_csv(path, index_col="epoch")
+
+
+__all__ = [
+    "BEST_FILE",
+    "HISTORY_FILE",
+    "LAST_FILE",
+    "Batches",
+    "History",
+    "fit",
+    "load_weights",
+    "model_inputs",
+    "per_sample_loss",
+    "predict",
+    "read_history",
+    "resolve_device",
+    "save_weights",
+    "seed_everything",
+]

@@ -1,0 +1,333 @@
+"""Interactive explorer of a 2-D map (UMAP) linked to particle crops, with a review log for new classes.
+
+Logic and plumbing are apart, so everything but the browser is testable:
+
+- :class:`ReviewSession` (no widgets): the current selection, the thumbnails shown for it, and the
+  decisions appended to ``<run_dir>/review.csv``;
+- :class:`Explorer`: jupyter-scatter (WebGL, fluid at 100k+ points; lasso/box selection) and ipywidgets
+  around a session. ``Explorer.select(ids)`` and the buttons' ``click()`` drive it from code;
+- :func:`load_review` / :func:`review_to_labels`: decisions back as labels for retraining.
+
+In Colab the custom-widget manager jupyter-scatter needs is switched on when the explorer is built.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import io
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .runs import atomic_write_table
+from .schema import PARTICLE_ID
+
+REVIEW_FILE = "review.csv"
+REVIEW_COLUMNS = ("decision", "name", "timestamp")
+CANDIDATE = "candidate"
+ARTEFACT = "artefact"
+DECISIONS = (CANDIDATE, ARTEFACT)
+MAX_CATEGORIES = 64
+NONE = "(none)"
+LASSO_TYPES = ("freeform", "rectangle", "brush")
+
+
+# ---------------------------------------------------------------- review log
+
+
+def review_path(run_dir: Path | str) -> Path:
+    """Where a run's review decisions live."""
+    return Path(run_dir) / REVIEW_FILE
+
+
+def load_review(run_dir: Path | str) -> pd.DataFrame:
+    """Every decision taken in a run (oldest first), indexed by particle id; empty when none yet."""
+    path = review_path(run_dir)
+    if not path.exists():
+        empty = pd.Index([], dtype="string", name=PARTICLE_ID)
+        return pd.DataFrame({c: pd.Series(dtype="string") for c in REVIEW_COLUMNS}, index=empty)
+    review = pd.read_csv(path, index_col=0, dtype="string", keep_default_na=False)
+    missing = [c for c in REVIEW_COLUMNS if c not in review.columns]
+    if missing or review.index.name != PARTICLE_ID:
+        expected = [PARTICLE_ID, *REVIEW_COLUMNS]
+        raise ValueError(f"{path}: expected columns {expected}, missing {missing or [PARTICLE_ID]}")
+    bad = ~review["decision"].isin(DECISIONS)
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        value = review["decision"].iloc[row]
+        raise ValueError(f"{path}: line {row + 2} has decision {value!r}; expected one of {DECISIONS}")
+    return review[list(REVIEW_COLUMNS)]
+
+
+def append_review(run_dir: Path | str, ids: Sequence[str], decision: str, name: str = "") -> pd.DataFrame:
+    """Append a decision for these particles to the run's review log (rewritten atomically); returns the new rows."""
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
+    if decision == CANDIDATE and not name.strip():
+        raise ValueError("a candidate class needs a name")
+    if not len(ids):
+        raise ValueError("no particles selected")
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    rows = pd.DataFrame(
+        {"decision": decision, "name": name.strip(), "timestamp": stamp},
+        index=pd.Index(list(ids), name=PARTICLE_ID),
+        dtype="string",
+    )
+    atomic_write_table(pd.concat([load_review(run_dir), rows]), review_path(run_dir))
+    return rows
+
+
+def review_to_labels(review: pd.DataFrame, artefact_label: str | None = ARTEFACT) -> pd.Series:
+    """One label per reviewed particle (its latest decision): the candidate's name, or ``artefact_label``.
+
+    ``artefact_label=None`` drops the artefacts (e.g. to train only on named classes).
+    """
+    latest = review[~review.index.duplicated(keep="last")]
+    labels = latest["name"].where(latest["decision"] == CANDIDATE, artefact_label)
+    return labels.dropna().astype("string").rename("label")
+
+
+# ---------------------------------------------------------------- selection logic
+
+
+class ReviewSession:
+    """Selection -> thumbnails -> decisions, for particles in ``table`` (row-aligned with ``images``)."""
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        images: np.ndarray,
+        run_dir: Path | str,
+        max_thumbnails: int = 48,
+        thumb_px: int = 72,
+        seed: int = 0,
+    ) -> None:
+        if len(images) != len(table):
+            raise ValueError(f"ReviewSession: {len(images)} images but {len(table)} table rows")
+        if not table.index.is_unique:
+            duplicated = list(table.index[table.index.duplicated()][:3])
+            raise ValueError(f"ReviewSession: duplicated particle ids, e.g. {duplicated}")
+        self.table = table
+        self.images = images
+        self.run_dir = Path(run_dir)
+        self.max_thumbnails = max_thumbnails
+        self.thumb_px = thumb_px
+        self.seed = seed
+        self.selected = pd.Index([], name=PARTICLE_ID)
+
+    def select(self, ids: Sequence[str]) -> pd.Index:
+        """Make these particles the selection (table order); names ids the table lacks."""
+        ids = pd.Index(ids)
+        missing = ids.difference(self.table.index)
+        if len(missing):
+            raise KeyError(f"{len(missing)} selected particle id(s) not in the table, e.g. {list(missing[:3])}")
+        self.selected = self.table.index[self.table.index.isin(ids)]
+        return self.selected
+
+    def select_where(self, column: str, value: Any) -> pd.Index:
+        """Select every particle whose ``column`` equals ``value`` (e.g. a cluster id)."""
+        if column not in self.table.columns:
+            raise KeyError(f"the table has no column {column!r}")
+        return self.select(self.table.index[(self.table[column] == value).to_numpy()])
+
+    def shown(self) -> pd.Index:
+        """The selected particles that get a thumbnail: all, or a seeded sample of ``max_thumbnails``."""
+        if len(self.selected) <= self.max_thumbnails:
+            return self.selected
+        rng = np.random.default_rng(self.seed)
+        return self.selected[np.sort(rng.choice(len(self.selected), self.max_thumbnails, replace=False))]
+
+    def thumbnail(self, particle_id: str) -> bytes:
+        """A particle's crop as a PNG thumbnail."""
+        row = self.table.index.get_loc(particle_id)
+        image = Image.fromarray(np.asarray(self.images[row], dtype=np.uint8))
+        buffer = io.BytesIO()
+        image.resize((self.thumb_px, self.thumb_px), Image.Resampling.BILINEAR).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def decide(self, decision: str, name: str = "") -> pd.DataFrame:
+        """Record a decision for the whole selection in the run's review log; returns the rows written."""
+        return append_review(self.run_dir, self.selected, decision, name)
+
+
+# ---------------------------------------------------------------- widget plumbing
+
+
+def plot_frame(embedding_2d: pd.DataFrame | np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
+    """Map coordinates ``x``/``y`` and every colourable column (numbers; labels with few values as categories)."""
+    if isinstance(embedding_2d, pd.DataFrame):
+        missing = table.index.difference(embedding_2d.index)
+        if len(missing):
+            raise KeyError(f"embedding_2d lacks {len(missing)} particle id(s) of the table, e.g. {list(missing[:3])}")
+        xy = embedding_2d.loc[table.index].to_numpy(dtype=np.float32)
+    else:
+        xy = np.asarray(embedding_2d, dtype=np.float32)
+    if xy.shape != (len(table), 2):
+        raise ValueError(f"embedding_2d must be ({len(table)}, 2) to match the table, got {xy.shape}")
+    frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]}, index=table.index)
+    for column in table.columns:
+        values = table[column]
+        if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+            if values.nunique(dropna=False) <= MAX_CATEGORIES:
+                frame[str(column)] = values.astype("string").fillna("missing").astype("category")
+        else:
+            frame[str(column)] = values.astype(np.float32)
+    return frame
+
+
+def _enable_colab_widgets() -> None:
+    """Switch on Colab's custom-widget manager, which jupyter-scatter needs there."""
+    if "google.colab" in sys.modules:
+        from google.colab import output
+
+        output.enable_custom_widget_manager()
+
+
+class Explorer:
+    """UMAP scatter (colour by any column; lasso/box or cluster selection) linked to a gallery and a review panel.
+
+    Draw a selection with shift+drag (or the map's lasso tool); the ``select`` buttons switch between a
+    freeform lasso, a rectangle (box) and a brush.
+
+    ``embedding_2d``: ``(N, 2)`` map coordinates (a table by particle id, or an array row-aligned with ``table``);
+    ``table``: per-particle columns to colour by (class, scores, sample, depth, cluster); ``images``: the crops,
+    row-aligned with ``table``. Decisions go to ``<run_dir>/review.csv``. Display with ``explorer.show()`` or
+    as a cell's last expression.
+    """
+
+    def __init__(
+        self,
+        embedding_2d: pd.DataFrame | np.ndarray,
+        table: pd.DataFrame,
+        images: np.ndarray,
+        run_dir: Path | str,
+        color_by: str | None = None,
+        cluster_column: str = "cluster",
+        max_thumbnails: int = 48,
+        thumb_px: int = 72,
+        seed: int = 0,
+    ) -> None:
+        import ipywidgets as w
+        import jscatter
+
+        _enable_colab_widgets()
+        self.session = ReviewSession(table, images, run_dir, max_thumbnails, thumb_px, seed)
+        self.frame = plot_frame(embedding_2d, table)
+        self._syncing = False
+        colourable = [c for c in self.frame.columns if c not in ("x", "y")]
+        if color_by is not None and color_by not in colourable:
+            raise KeyError(f"cannot colour by {color_by!r}; columns: {colourable}")
+        self.scatter = jscatter.Scatter(x="x", y="y", data=self.frame, height=520)
+        self.lasso_toggle = w.ToggleButtons(options=LASSO_TYPES, description="select", style={"button_width": "80px"})
+        self.color_dropdown = w.Dropdown(options=[NONE, *colourable], value=color_by or NONE, description="colour")
+        clusters = sorted(table[cluster_column].dropna().unique().tolist()) if cluster_column in table.columns else []
+        self.cluster_column = cluster_column
+        self.cluster_dropdown = w.Dropdown(options=[NONE, *clusters], description=cluster_column, disabled=not clusters)
+        self.name_box = w.Text(placeholder="name of the new class", description="name")
+        self.candidate_button = w.Button(description="name as candidate class", button_style="success")
+        self.artefact_button = w.Button(description="mark artefact", button_style="warning")
+        self.status = w.HTML()
+        self.gallery = w.GridBox(layout=w.Layout(grid_template_columns=f"repeat(auto-fill, {thumb_px + 16}px)"))
+        self._wire()
+        self._apply_colour(self.color_dropdown.value)
+        self._refresh_gallery()
+        review = w.VBox([self.name_box, w.HBox([self.candidate_button, self.artefact_button]), self.status])
+        controls = w.VBox([w.HBox([self.color_dropdown, self.cluster_dropdown]), self.lasso_toggle])
+        side = w.VBox([controls, self.gallery, review])
+        self.layout = w.HBox([self.scatter.show(), side])
+
+    def _wire(self) -> None:
+        """Connect scatter selection, dropdowns and buttons to the session."""
+        self.scatter.widget.observe(self._on_lasso, names=["selection"])
+        self.color_dropdown.observe(lambda change: self._apply_colour(change["new"]), names=["value"])
+        self.lasso_toggle.observe(lambda change: self.scatter.lasso(type=change["new"]), names=["value"])
+        self.cluster_dropdown.observe(self._on_cluster, names=["value"])
+        self.candidate_button.on_click(lambda _: self.decide(CANDIDATE))
+        self.artefact_button.on_click(lambda _: self.decide(ARTEFACT))
+
+    def select(self, ids: Sequence[str]) -> pd.Index:
+        """Select particles by id: highlights them on the map and shows their crops."""
+        selected = self.session.select(ids)
+        self._syncing = True
+        try:
+            self.scatter.selection(self.session.table.index.get_indexer(selected))
+        finally:
+            self._syncing = False
+        self._refresh_gallery()
+        return selected
+
+    def decide(self, decision: str) -> pd.DataFrame | None:
+        """Record the decision for the selection, reporting success or the reason it was refused."""
+        try:
+            rows = self.session.decide(decision, self.name_box.value)
+        except ValueError as error:
+            self.status.value = f"<span style='color:#c62828'>{html.escape(str(error))}</span>"
+            return None
+        label = rows["name"].iloc[0] or decision
+        where = review_path(self.session.run_dir)
+        self.status.value = f"{len(rows)} particle(s) recorded as {decision} <b>{html.escape(label)}</b> in {where}"
+        return rows
+
+    def _on_lasso(self, change: dict[str, Any]) -> None:
+        """A lasso/box selection drawn on the map (row positions) becomes the session's selection."""
+        if self._syncing:
+            return
+        rows = np.asarray(change["new"] if change["new"] is not None else [], dtype=np.int64)
+        self.session.select(self.session.table.index[rows])
+        self._refresh_gallery()
+
+    def _on_cluster(self, change: dict[str, Any]) -> None:
+        """Picking a cluster in the dropdown selects its particles."""
+        if change["new"] != NONE:
+            self.select(self.session.select_where(self.cluster_column, change["new"]))
+
+    def _apply_colour(self, column: str) -> None:
+        """Colour the points by a column, or uniformly for :data:`NONE`."""
+        self.scatter.color(by=None if column == NONE else column)
+
+    def _refresh_gallery(self) -> None:
+        """Thumbnails (capped) of the selected particles, each captioned with its id."""
+        import ipywidgets as w
+
+        shown = self.session.shown()
+        px = self.session.thumb_px
+        self.gallery.children = [
+            w.VBox([w.Image(value=self.session.thumbnail(p), format="png", width=px, height=px), w.HTML(_caption(p))])
+            for p in shown
+        ]
+        n = len(self.session.selected)
+        self.status.value = f"{n} selected" + (f", {len(shown)} shown" if len(shown) < n else "")
+
+    def show(self) -> Any:
+        """The explorer's widget, for ``display()``."""
+        return self.layout
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        """Render as the explorer widget when it is a cell's last expression."""
+        return self.layout._repr_mimebundle_(**kwargs)
+
+
+def _caption(particle_id: str) -> str:
+    """A thumbnail's caption: the particle's file name, small, the full id on hover."""
+    name = html.escape(str(particle_id).rsplit("/", 1)[-1])
+    style = "font-size:9px;width:100%;overflow:hidden;white-space:nowrap"
+    return f"<div style='{style}' title='{html.escape(str(particle_id))}'>{name}</div>"
+
+
+__all__ = [
+    "ARTEFACT",
+    "CANDIDATE",
+    "Explorer",
+    "ReviewSession",
+    "append_review",
+    "load_review",
+    "plot_frame",
+    "review_path",
+    "review_to_labels",
+]

@@ -1,0 +1,209 @@
+"""Novelty scores, their evaluation, and the lab -> core drift checks, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from icecore_lib import novelty as nov
+
+
+def _ids(prefix: str, n: int) -> pd.Index:
+    return pd.Index([f"{prefix}/{i:04d}.png" for i in range(n)], name="particle_id")
+
+
+def _blobs(seed: int = 0, n: int = 60, dim: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Two training classes: unit Gaussians around 0 and around 4 in every coordinate."""
+    rng = np.random.default_rng(seed)
+    X = np.concatenate([rng.normal(0, 1, (n, dim)), rng.normal(4, 1, (n, dim))])
+    return X, np.repeat(["a", "b"], n)
+
+
+@pytest.mark.parametrize("name", list(nov.CLASSIFIER_SCORES))
+def test_classifier_scores_rank_uniform_softmax_above_peaked(name: str) -> None:
+    logits = np.array([[0.0, 0.0, 0.0, 0.0], [8.0, 0.0, 0.0, 0.0]])
+    uniform, peaked = nov.CLASSIFIER_SCORES[name](logits)
+    assert uniform > peaked
+
+
+def test_classifier_scores_table_keeps_particle_ids_and_rejects_nan() -> None:
+    logits = pd.DataFrame([[1.0, 2.0], [3.0, 0.0]], index=_ids("core", 2))
+    table = nov.classifier_scores(logits)
+    assert list(table.columns) == list(nov.CLASSIFIER_SCORES)
+    assert table.index.equals(logits.index)
+    logits.iloc[1, 0] = np.nan
+    with pytest.raises(ValueError, match="core/0001.png"):
+        nov.classifier_scores(logits)
+
+
+FITTERS = {
+    "knn": lambda X, y: nov.KNNDistance(k=5, progress=False).fit(X),
+    "mahalanobis": lambda X, y: nov.ClassMahalanobis(progress=False).fit(X, y),
+}
+
+
+@pytest.mark.parametrize("name", list(FITTERS))
+def test_embedding_detectors_score_far_blob_higher_without_refit(name: str) -> None:
+    X, y = _blobs()
+    detector = FITTERS[name](X, y)
+    fitted_train_scores = detector.train_scores_.copy()
+    rng = np.random.default_rng(1)
+    near = rng.normal(0, 1, (20, X.shape[1]))
+    far = rng.normal(25, 1, (20, X.shape[1]))
+    near_scores, far_scores = detector.score(near), detector.score(far)
+    assert far_scores.min() > near_scores.max()
+    # scoring is per particle and leaves the fit untouched: the same far points score the same in a mixed batch
+    np.testing.assert_allclose(detector.score(np.vstack([near, far]))[20:], far_scores)
+    np.testing.assert_array_equal(detector.train_scores_, fitted_train_scores)
+
+
+def test_knn_training_scores_leave_each_point_out() -> None:
+    X, _ = _blobs()
+    knn = nov.KNNDistance(k=3, aggregate="kth", progress=False).fit(X)
+    others = np.sort(np.linalg.norm(X[1:] - X[0], axis=1))
+    assert knn.train_scores_[0] == pytest.approx(others[2], rel=1e-5)
+    with pytest.raises(ValueError, match="more than k"):
+        nov.KNNDistance(k=10).fit(X[:5])
+
+
+def _inputs(X: np.ndarray, index: pd.Index, seed: int, far: bool = False) -> dict:
+    """Logits, reconstruction loss, one embedding and one 2-D map for particles at X."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0] * X.shape[1], [4.0] * X.shape[1]])
+    logits = -((X[:, None, :] - centres[None]) ** 2).sum(axis=2) / 4
+    recon = np.abs(X).mean(axis=1) + rng.normal(0, 0.05, len(X))
+    return {
+        "logits": pd.DataFrame(logits, index=index, columns=["a", "b"]),
+        "recon": pd.Series(recon, index=index),
+        "embeddings": {"cnn": pd.DataFrame(X, index=index)},
+        "maps": {"umap": pd.DataFrame(X[:, :2], index=index)},
+    }
+
+
+def _planted_scores(reference: str) -> tuple[pd.DataFrame, pd.Index]:
+    """Scores of 80 core particles like the training classes plus 10 planted far away; the planted ids."""
+    X, y = _blobs()
+    train_ids = _ids("train", len(X))
+    scorer = nov.NoveltyScorer(k=5, quantile=0.05, reference=reference, progress=False)
+    scorer.fit(**_inputs(X, train_ids, 0), labels=pd.Series(y, index=train_ids))
+    rng = np.random.default_rng(2)
+    known, _ = _blobs(seed=3, n=40)
+    # halfway between the two classes (the classifier is torn) and far off the line joining them
+    planted = rng.normal(2, 1, (10, X.shape[1])) + np.array([12, -12, 12, -12, 12, -12])
+    core_ids = _ids("core", 90)
+    return scorer.score(**_inputs(np.vstack([known, planted]), core_ids, 4)), core_ids[-10:]
+
+
+@pytest.mark.parametrize("reference", ["train", "scored"])
+def test_combined_rank_puts_planted_far_blob_on_top(reference: str) -> None:
+    scores, planted = _planted_scores(reference)
+    assert {"median", "msp", "entropy", "energy", "recon", "knn_cnn", "maha_cnn", "knn_umap"} <= set(scores.columns)
+    assert set(scores["combined_rank"].nlargest(10).index) == set(planted)
+
+
+def test_flagged_by_names_the_scores_beyond_the_training_quantile() -> None:
+    scores, planted = _planted_scores("train")
+    assert scores.loc[planted, "flagged_by"].str.contains("knn_cnn").all()
+    assert scores.loc[planted, "flagged_by"].str.contains("maha_cnn").all()
+    assert scores["n_flags"].equals(scores["flagged_by"].map(lambda s: len(s.split(",")) if s else 0))
+    assert scores["n_flags"].drop(planted).mean() < 1
+
+
+def test_scorer_refuses_spaces_it_was_not_fitted_on() -> None:
+    X, _ = _blobs()
+    ids = _ids("train", len(X))
+    scorer = nov.NoveltyScorer(k=3, progress=False).fit(embeddings={"cnn": pd.DataFrame(X, index=ids)})
+    with pytest.raises(ValueError, match="'ae'"):
+        scorer.score(embeddings={"ae": pd.DataFrame(X, index=ids)})
+
+
+def test_train_percentiles_are_mid_ranks_against_training() -> None:
+    scorer = nov.NoveltyScorer(progress=False).fit(recon=pd.Series([1.0, 2.0, 3.0, 4.0], index=_ids("train", 4)))
+    scores = scorer.score(recon=pd.Series([-1.0, 2.0, 9.0], index=_ids("core", 3)))
+    assert scores["combined_rank"].tolist() == [0.0, 0.375, 1.0]
+    assert scores["flagged_by"].tolist() == ["", "", "recon"]
+
+
+def test_auroc_is_one_when_separated_and_half_when_random() -> None:
+    ids = _ids("p", 400)
+    novel = pd.Series(np.arange(400) < 100, index=ids)
+    rng = np.random.default_rng(0)
+    perfect = novel.astype(float) + rng.uniform(0, 0.5, 400)
+    scores = pd.DataFrame({"perfect": perfect, "random": rng.uniform(size=400)}, index=ids)
+    metrics = nov.novelty_metrics(scores, novel, ks=(50,))
+    assert metrics.loc["perfect", "auroc"] == 1.0
+    assert metrics.loc["perfect", "fpr95"] == 0.0
+    assert abs(metrics.loc["random", "auroc"] - 0.5) < 0.1
+
+
+def test_fpr_at_95_tpr_on_hand_example() -> None:
+    # 20 novel: 18 far above every known, then 5.0 and 0.5; known at 0.25, 1.25, ..., 9.25.
+    novel_scores = np.concatenate([np.arange(20.0, 38.0), [5.0, 0.5]])
+    known_scores = np.arange(10) + 0.25
+    truth = np.r_[np.ones(20, bool), np.zeros(10, bool)]
+    # 95 % TPR = 19 of 20 novel: threshold 5.0, which also passes the five known at 5.25 ... 9.25
+    assert nov.fpr_at_tpr(truth, np.r_[novel_scores, known_scores]) == 0.5
+
+
+def test_recall_at_k_on_hand_example() -> None:
+    ids = _ids("p", 5)
+    scores = pd.DataFrame({"s": [0.9, 0.8, 0.7, 0.6, 0.5]}, index=ids)
+    novel = pd.Series([True, False, True, False, True], index=ids)
+    metrics = nov.novelty_metrics(scores, novel, ks=(1, 2, 3))
+    assert metrics.loc["s", "recall@1"] == pytest.approx(1 / 3)
+    assert metrics.loc["s", "recall@2"] == pytest.approx(1 / 3)
+    assert metrics.loc["s", "recall@3"] == pytest.approx(2 / 3)
+    assert metrics.loc["s", "recall@2n"] == 1.0
+
+
+def test_loco_table_has_one_row_per_heldout_class_and_a_mean() -> None:
+    ids = _ids("p", 6)
+    novel = pd.Series([True, True, False, False, False, False], index=ids)
+    good = pd.DataFrame({"s": [6.0, 5, 4, 3, 2, 1], "t": [1.0, 2, 3, 4, 5, 6]}, index=ids)
+    table = nov.loco_table({"dust": (good, novel), "grim": (good[["t", "s"]], novel)}, ks=(2,), progress=False)
+    assert list(table.index) == ["dust", "grim", "mean"]
+    assert table.loc["mean", ("s", "auroc")] == 1.0
+    assert table.loc["dust", ("t", "recall@2")] == 0.0
+    assert set(table.columns.get_level_values("metric")) == {"auroc", "fpr95", "recall@2", "recall@2n"}
+
+
+def test_unknown_threshold_catches_target_fraction_of_heldout() -> None:
+    heldout = np.linspace(0.5, 1.0, 20)
+    known = np.linspace(0.0, 0.8, 100)
+    cut = nov.unknown_threshold(heldout, known, target_tpr=0.9)
+    assert cut.threshold == pytest.approx(heldout[2])
+    assert cut.tpr == pytest.approx(0.9)
+    assert cut.fpr == pytest.approx((known >= heldout[2]).mean())
+    assert float(cut) == cut.threshold
+
+
+def test_flag_fraction_by_group_counts_per_sample() -> None:
+    ids = _ids("core", 5)
+    flags = pd.Series([True, False, True, True, False], index=ids)
+    groups = pd.Series(["s1", "s1", "s2", "s2", "s2"], index=ids, name="sample_id")
+    table = nov.flag_fraction_by_group(flags, groups)
+    assert table.loc["s1"].tolist() == [2, 1, 0.5]
+    assert table.loc["s2", "fraction"] == pytest.approx(2 / 3)
+
+
+def test_feature_drift_finds_the_shifted_feature_only() -> None:
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"Width": rng.normal(10, 1, 500), "Length": rng.normal(20, 2, 500)})
+    core = pd.DataFrame({"Width": rng.normal(11.5, 1, 400), "Length": rng.normal(20, 2, 400)})
+    drift = nov.feature_drift(train, core, ["Width", "Length"])
+    assert drift.index[0] == "Width"
+    width = drift.loc["Width"]
+    assert width["psi"] > 0.25 and width["smd"] > 1.0 and width["ks_pvalue"] < 1e-6
+    assert drift.loc["Length", "psi"] < 0.1 and abs(drift.loc["Length", "smd"]) < 0.2
+    with pytest.raises(KeyError, match="core table lacks column.*Width"):
+        nov.feature_drift(train, core.drop(columns="Width"), ["Width"])
+
+
+def test_traffic_light_levels_and_per_sample_summary() -> None:
+    ids = _ids("core", 4)
+    lights = nov.traffic_light(pd.Series([10.0, 960.0, 995.0, 2000.0], index=ids), np.arange(1001.0))
+    assert lights.tolist() == ["green", "amber", "red", "red"]
+    summary = nov.traffic_light_by_group(lights, pd.Series(["s1", "s2", "s2", "s1"], index=ids, name="sample_id"))
+    assert summary.loc["s1", ["n", "green", "amber", "red"]].tolist() == [2, 0.5, 0.0, 0.5]
+    assert summary.loc["s2", "amber"] == 0.5
