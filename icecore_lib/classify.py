@@ -17,7 +17,7 @@ from scipy.special import softmax
 
 from . import evaluate as ev
 from . import quantify
-from .config import BDTConfig, TrainConfig
+from .config import MetadataConfig, TrainConfig
 from .data import DatasetBundle
 from .models.bdt import BDTClassifier, search
 from .models.cnn import ParticleCNN
@@ -85,13 +85,9 @@ def build_torch_classifier(kind: str, n_classes: int, cfg: TrainConfig) -> Any:
 
 
 def fit_torch_classifier(
-    bundle: DatasetBundle, cfg: TrainConfig, kind: str, out_dir: Path, *, epochs: int | None = None,
-    progress: bool = True,
+    bundle: DatasetBundle, cfg: TrainConfig, kind: str, out_dir: Path, *, progress: bool = True
 ) -> ClassifierOutputs:
     """Train one torch classifier on the train split (early stopping on val) and predict every particle."""
-    import dataclasses
-
-    cfg = dataclasses.replace(cfg, epochs=epochs) if epochs else cfg
     table = bundle.train.table
     classes = class_keys(bundle)
     scaler = FeatureScaler().fit(table)
@@ -122,7 +118,7 @@ def fit_torch_classifier(
                              _embedding(emb, table.index), core_emb, history.frame)
 
 
-def fit_bdt(bundle: DatasetBundle, cfg: BDTConfig, out_dir: Path, *, progress: bool = True) -> tuple[BDTClassifier, ClassifierOutputs, pd.DataFrame | None]:
+def fit_bdt(bundle: DatasetBundle, cfg: MetadataConfig, out_dir: Path, *, progress: bool = True) -> tuple[BDTClassifier, ClassifierOutputs, pd.DataFrame | None]:
     """XGBoost on the 34 features: optional randomized CV search, then a fit with early stopping on val."""
     table = bundle.train.table
     classes = class_keys(bundle)
@@ -206,13 +202,61 @@ def core_table(outputs: ClassifierOutputs, temperature: float, thresholds: pd.Se
     return table
 
 
+def train_priors(outputs: ClassifierOutputs, table: pd.DataFrame) -> pd.Series:
+    """Class fractions of the training split: the prior the classifier learned, which EM adjusts away from."""
+    labels = table.loc[split_ids(table, "train"), LABEL]
+    return labels.value_counts(normalize=True).reindex(outputs.classes, fill_value=0.0)
+
+
 def compositions(outputs: ClassifierOutputs, table: pd.DataFrame, temperature: float, *, n_boot: int,
                  seed: int) -> dict[str, pd.DataFrame]:
     """Core composition by classify-and-count and by EM prior adjustment, each with bootstrap intervals."""
     proba = outputs.core_proba(temperature)
-    train_priors = table.loc[split_ids(table, "train"), LABEL].value_counts(normalize=True).reindex(outputs.classes, fill_value=0)
-    return {method: quantify.bootstrap_composition(proba, method, n_boot=n_boot, seed=seed, train_priors=train_priors)
+    priors = train_priors(outputs, table)
+    return {method: quantify.bootstrap_composition(proba, method, n_boot=n_boot, seed=seed, train_priors=priors)
             for method in ("cc", "em")}
+
+
+def comparison_table(metrics: dict[str, Any], tests: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """The study's slide: metadata models (from notebook 01's metrics) against the image models, test split."""
+    rows = {f"{name.upper()} (metadata)": values for name, values in metrics.get("01_metadata", {}).items()}
+    rows |= {f"CNN ({'images + metadata' if v == 'both' else 'images'})": ev.metric_scalars(r) for v, r in tests.items()}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "model"
+    return table[[c for c in table.columns if c != "params" and c != "epochs_run"]]
+
+
+def best_variant(outputs: dict[str, ClassifierOutputs], table: pd.DataFrame) -> str:
+    """The variant with the highest validation accuracy (the test split stays untouched by the choice)."""
+    return max(outputs, key=lambda v: evaluate_split(outputs[v], table, "val")["accuracy"])
+
+
+def core_accuracy_drop(outputs: ClassifierOutputs, test: dict[str, Any], bundle: DatasetBundle) -> Any:
+    """Accuracy on the core's known-class particles against the test split (None without a truth file)."""
+    from .audit import domain_drop
+
+    if bundle.truth is None or outputs.core_logits is None:
+        return None
+    truth = bundle.truth.reindex(outputs.core_logits.index)
+    known = truth.isin(outputs.classes)
+    pred = outputs.core_logits[known.to_numpy()].idxmax(axis=1)
+    return domain_drop(test["accuracy"], float((pred == truth[known]).mean()), domain="core (known classes)")
+
+
+def cnn_metrics(tests: dict[str, dict[str, Any]], best: str, calibration: Calibration, coverage: pd.DataFrame,
+                probe: Any, core_drop: Any, errors: pd.DataFrame | None) -> dict[str, Any]:
+    """Everything notebook 02 reports, as plain values for metrics.json."""
+    metrics: dict[str, Any] = {v: ev.metric_scalars(r) for v, r in tests.items()}
+    metrics["core_model"] = best
+    metrics["calibration"] = {"temperature": calibration.temperature, "ece_before": calibration.ece_before,
+                              "ece_after": calibration.ece_after}
+    metrics["thresholds"] = coverage.reset_index().to_dict(orient="records")
+    metrics["session_probe"] = probe.summary()
+    if core_drop is not None:
+        metrics["core_accuracy"] = {"test": core_drop.reference, "core": core_drop.shifted, "warning": core_drop.warning}
+    if errors is not None:
+        metrics["composition_mae"] = errors.filter(like="_abs_error").mean().to_dict()
+    return metrics
 
 
 def save_outputs(outputs: ClassifierOutputs, run_dir: Path) -> dict[str, Path]:

@@ -99,8 +99,8 @@ class TrainConfig(StageConfig):
 
 
 @dataclass(frozen=True)
-class BDTConfig(StageConfig):
-    """Notebook 01: XGBoost on metadata, the metadata MLP, SHAP."""
+class MetadataConfig(TrainConfig):
+    """Notebook 01: XGBoost on the 34 features (with SHAP) and the metadata MLP (the training-loop fields)."""
 
     eta: float = 0.296
     max_depth: int = 14
@@ -109,7 +109,8 @@ class BDTConfig(StageConfig):
     search_iterations: int = 0  # 0 = use the study's optimum, no search
     cv_folds: int = 3
     shap_sample: int = 500
-    mlp_epochs: int = 60
+    epochs: int = 60
+    bootstrap: int = 200
     target_precision: float = 0.95
 
 
@@ -157,7 +158,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "ci": {
         "StageConfig": {"image_size": 32},
         "TrainConfig": {"epochs": 2, "batch_size": 64, "patience": 2},
-        "BDTConfig": {"n_estimators": 20, "max_depth": 4, "shap_sample": 100, "mlp_epochs": 5, "cv_folds": 2},
+        "MetadataConfig": {"n_estimators": 20, "max_depth": 4, "shap_sample": 100, "epochs": 5, "cv_folds": 2,
+                           "bootstrap": 20},
         "CNNConfig": {"bootstrap": 20},
         "EmbedConfig": {"pumap_epochs": 3, "holdout_classes": ("corylus",), "min_cluster_size": 5},
         "DiscoveryConfig": {"gallery_size": 8, "top_k": (10, 20)},
@@ -165,11 +167,12 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {
         "StageConfig": {"image_size": 64},
         "TrainConfig": {"epochs": 12, "batch_size": 128},
-        "BDTConfig": {"search_iterations": 6},
+        "MetadataConfig": {"search_iterations": 6, "epochs": 60},
     },
     "full": {
         "TrainConfig": {"epochs": 30, "batch_size": 512, "num_workers": 4},
-        "BDTConfig": {"search_iterations": 20, "cv_folds": 5, "shap_sample": 2000},
+        "MetadataConfig": {"search_iterations": 20, "cv_folds": 5, "shap_sample": 2000, "epochs": 60,
+                           "bootstrap": 1000},
         "CNNConfig": {"bootstrap": 1000},
         "EmbedConfig": {"holdout_classes": ("camp", "corylus", "dust", "grim", "qrob", "qsub", "cont")},
         "DiscoveryConfig": {"gallery_size": 48, "top_k": (100, 500, 2000)},
@@ -218,10 +221,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 __all__ = [
     "AEConfig",
-    "BDTConfig",
     "CNNConfig",
     "DiscoveryConfig",
     "EmbedConfig",
+    "MetadataConfig",
     "OverviewConfig",
     "PROFILES",
     "PROFILE_NAMES",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from icecore_lib.config import BDTConfig, CNNConfig, StageConfig, profile_defaults, stage_config, synth_config, to_dict
+from icecore_lib.config import MetadataConfig, CNNConfig, StageConfig, profile_defaults, stage_config, synth_config, to_dict
 
 
 def test_profile_overrides_inherit_along_the_class_hierarchy():
@@ -26,9 +26,9 @@ def test_papermill_lists_become_tuples_and_back():
 
 def test_unknown_parameter_and_profile_are_named():
     with pytest.raises(TypeError, match="epoch"):
-        stage_config(BDTConfig, "ci", epoch=3)
+        stage_config(MetadataConfig, "ci", epoch=3)
     with pytest.raises(ValueError, match="gpu"):
-        stage_config(BDTConfig, "gpu")
+        stage_config(MetadataConfig, "gpu")
 
 
 def test_dataset_defaults_to_the_profiles_synthetic_set():
