@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import icecore_lib.pack as pack_mod
-from conftest import TINY_IMAGE_SIZE, crop, png_bytes
+from helpers import TINY_IMAGE_SIZE, crop, png_bytes
 from icecore_lib.manifest import load_manifest, resolve_part
 from icecore_lib.pack import assign_split, pack_part, packed_split
 from icecore_lib.schema import CLASSES, LABEL, ORIG_HEIGHT, ORIG_WIDTH, SESSION, SPLIT

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import crop, png_bytes
+from helpers import crop, png_bytes
 from icecore_lib.sources import (
     BACKGROUND_GRAY,
     DecodeError,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import crop, png_bytes
+from helpers import crop, png_bytes
 from icecore_lib.manifest import ResolvedPart, load_manifest, resolve_part
 from icecore_lib.pack import pack_part
 from icecore_lib.validate import CheckReport, DataError, check_part, read_table
