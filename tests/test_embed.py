@@ -10,7 +10,6 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from icecore_lib.embed import UMAPReducer, as_matrix, compare_embeddings
 from icecore_lib.plots.embed import (
-    class_colors,
     plot_embedding,
     plot_holdout_comparison,
     plot_loco_heatmap,
@@ -93,10 +92,6 @@ def test_compare_embeddings_names_a_misaligned_method():
     X, y = blobs(10)
     with pytest.raises(ValueError, match="'short'"):
         compare_embeddings(X, {"short": X[:5, :2]}, y)
-
-
-def test_class_colors_are_stable_across_subsets():
-    assert class_colors(["dust", "qrob"])["qrob"] == class_colors(["qrob", "camp", "diatom"])["qrob"]
 
 
 def test_embedding_figures_are_written(tmp_path):

@@ -16,10 +16,9 @@ _PALETTE = ("#1f77b4", "#ff7f0e", "#8c564b", "#d62728", "#2ca02c", "#9467bd", "#
 
 
 def class_colors(keys: list[str] | None = None) -> dict[str, str]:
-    """A fixed colour per class key (the study's seven, then any others, the new class last in pink)."""
-    keys = list(CLASSES) if keys is None else list(keys)
-    ordered = [k for k in CLASSES if k in keys] + [k for k in keys if k not in CLASSES and k != NEW_CLASS]
-    colors = {k: _PALETTE[i % len(_PALETTE)] for i, k in enumerate(ordered)}
+    """A fixed colour per class key: the study's seven always get the same colours, other keys follow, the new class pink."""
+    extra = [k for k in (keys or []) if k not in CLASSES and k != NEW_CLASS]
+    colors = {k: _PALETTE[i % len(_PALETTE)] for i, k in enumerate([*CLASSES, *extra])}
     colors[NEW_CLASS] = "#e377c2"
     return colors
 
