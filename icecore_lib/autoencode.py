@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from .config import AEConfig
+from .config import TrainConfig
 from .data import DatasetBundle
 from .models.autoencoder import ConvAutoencoder
 from .runs import atomic_write_table
@@ -31,15 +31,11 @@ LATENT_PREFIX = "lat_"
 class AEOutputs:
     """Per particle: reconstruction loss (``recon``) and latent vector (``lat_00`` ...), labelled part and core."""
 
+    name: str  # table name stem, e.g. ae64 (or loco_dust_ae64 for a leave-one-class-out model)
     latent_dim: int
     labelled: pd.DataFrame
     core: pd.DataFrame | None
     history: pd.DataFrame | None = None
-
-    @property
-    def name(self) -> str:
-        """Table name stem, e.g. ``ae64``."""
-        return f"ae{self.latent_dim}"
 
 
 def training_rows(bundle: DatasetBundle, train_on: str, exclude: tuple[str, ...] = (), seed: int = 0,
@@ -59,10 +55,11 @@ def training_rows(bundle: DatasetBundle, train_on: str, exclude: tuple[str, ...]
     raise ValueError(f"train_on must be 'train' or 'core', got {train_on!r}")
 
 
-def fit_autoencoder(bundle: DatasetBundle, cfg: AEConfig, latent_dim: int, out_dir: Path, *,
-                    exclude: tuple[str, ...] = (), progress: bool = True) -> tuple[ConvAutoencoder, AEOutputs]:
+def fit_autoencoder(bundle: DatasetBundle, cfg: TrainConfig, latent_dim: int, out_dir: Path, *,
+                    train_on: str = "train", exclude: tuple[str, ...] = (), name: str = "", progress: bool = True
+                    ) -> tuple[ConvAutoencoder, AEOutputs]:
     """Train one autoencoder and score every particle of the labelled part and the core."""
-    part, train_rows, val_rows = training_rows(bundle, cfg.train_on, exclude, cfg.seed)
+    part, train_rows, val_rows = training_rows(bundle, train_on, exclude, cfg.seed)
     images = bundle.parts()[part].images
     device = resolve_device(cfg.device)
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, device=device, num_workers=cfg.num_workers,
@@ -73,7 +70,7 @@ def fit_autoencoder(bundle: DatasetBundle, cfg: AEConfig, latent_dim: int, out_d
                   cfg=cfg, out_dir=out_dir, task="reconstruct", progress=progress)
     tables = {name: _score(model, packed.images, packed.table.index, common)
               for name, packed in bundle.parts().items()}
-    return model, AEOutputs(latent_dim, tables["train"], tables.get("core"), history.frame)
+    return model, AEOutputs(name or f"ae{latent_dim}", latent_dim, tables["train"], tables.get("core"), history.frame)
 
 
 def _score(model: ConvAutoencoder, images: np.ndarray, index: pd.Index, common: dict) -> pd.DataFrame:
@@ -120,11 +117,12 @@ def save_outputs(out: AEOutputs, run_dir: Path) -> None:
             atomic_write_table(frame, Path(run_dir) / "tables" / f"{out.name}_{part}.parquet")
 
 
-def load_outputs(run_dir: Path, latent_dim: int) -> AEOutputs:
+def load_outputs(run_dir: Path, latent_dim: int, name: str = "") -> AEOutputs:
     """Read back what :func:`save_outputs` wrote (notebooks 04 and 05 reuse it; nothing is retrained)."""
+    name = name or f"ae{latent_dim}"
     tables = Path(run_dir) / "tables"
-    labelled = tables / f"ae{latent_dim}_labelled.parquet"
+    labelled = tables / f"{name}_labelled.parquet"
     if not labelled.exists():
-        raise FileNotFoundError(f"{labelled} is missing: run notebook 03 with latent_dims including {latent_dim}")
-    core = tables / f"ae{latent_dim}_core.parquet"
-    return AEOutputs(latent_dim, pd.read_parquet(labelled), pd.read_parquet(core) if core.exists() else None)
+        raise FileNotFoundError(f"{labelled} is missing: run the notebook that trains {name!r} first")
+    core = tables / f"{name}_core.parquet"
+    return AEOutputs(name, latent_dim, pd.read_parquet(labelled), pd.read_parquet(core) if core.exists() else None)

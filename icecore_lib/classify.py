@@ -68,9 +68,9 @@ def split_ids(table: pd.DataFrame, split: str) -> pd.Index:
     return ids
 
 
-def class_keys(bundle: DatasetBundle) -> list[str]:
-    """The classes a model predicts: manifest order, restricted to those present in the training split."""
-    present = set(bundle.train.table.loc[bundle.train.table[SPLIT] == "train", LABEL])
+def class_keys(bundle: DatasetBundle, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The classes a model predicts: manifest order, those present in the training split, minus ``exclude``."""
+    present = set(bundle.train.table.loc[bundle.train.table[SPLIT] == "train", LABEL]) - set(exclude)
     return [k for k in bundle.classes if k in present] + sorted(present - set(bundle.classes))
 
 
@@ -85,11 +85,15 @@ def build_torch_classifier(kind: str, n_classes: int, cfg: TrainConfig) -> Any:
 
 
 def fit_torch_classifier(
-    bundle: DatasetBundle, cfg: TrainConfig, kind: str, out_dir: Path, *, progress: bool = True
+    bundle: DatasetBundle, cfg: TrainConfig, kind: str, out_dir: Path, *, exclude: tuple[str, ...] = (),
+    name: str = "", progress: bool = True,
 ) -> ClassifierOutputs:
-    """Train one torch classifier on the train split (early stopping on val) and predict every particle."""
+    """Train one torch classifier on the train split (early stopping on val) and predict every particle.
+
+    ``exclude``: classes left out of training (leave-one-class-out); their particles are still predicted.
+    """
     table = bundle.train.table
-    classes = class_keys(bundle)
+    classes = class_keys(bundle, exclude)
     scaler = FeatureScaler().fit(table)
     features = scaler.transform(table)
     images = None if kind == "mlp" else bundle.train.images
@@ -114,7 +118,7 @@ def fit_torch_classifier(
                                 scaler.transform(bundle.core.table), shuffle=False, **common)
         core_l, core_e = predict(model, core_b, progress=progress)
         core_logits, core_emb = _frame(core_l, bundle.core.table.index, classes), _embedding(core_e, bundle.core.table.index)
-    return ClassifierOutputs(kind, classes, _frame(logits, table.index, classes), core_logits,
+    return ClassifierOutputs(name or kind, classes, _frame(logits, table.index, classes), core_logits,
                              _embedding(emb, table.index), core_emb, history.frame)
 
 

@@ -142,6 +142,8 @@ class EmbedConfig(TrainConfig):
     pumap_epochs: int = 30
     holdout_classes: tuple[str, ...] = ("corylus", "grim", "dust")
     min_cluster_size: int = 20
+    ae_latent: int = 64  # which autoencoder of notebook 03 gives the AE space
+    cluster_space: str = "cnn"  # cnn | ae | meta: the space the core is clustered in
 
 
 @dataclass(frozen=True)

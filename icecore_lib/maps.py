@@ -1,0 +1,121 @@
+"""Two-dimensional maps of an embedding space (notebook 04): umap-learn vs our parametric UMAP, and core clusters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .cluster import cluster_hdbscan, describe_clusters
+from .config import EmbedConfig
+from .embed import Timer, UMAPReducer, compare_embeddings
+from .models.pumap import ParametricUMAP
+from .runs import atomic_write_table
+from .schema import LABEL, SPLIT
+from .spaces import Space
+
+CLUSTER = "cluster"
+
+
+@dataclass(frozen=True)
+class FittedMaps:
+    """Both UMAPs of one space, fitted on the training split, and every particle placed on each."""
+
+    labelled: dict[str, pd.DataFrame]  # method -> (N, 2) keyed by particle id
+    core: dict[str, pd.DataFrame]
+    times: dict[str, dict[str, float]]
+    reducers: dict[str, object]
+
+
+def fit_maps(space: Space, table: pd.DataFrame, cfg: EmbedConfig, *, progress: bool = True) -> FittedMaps:
+    """Fit umap-learn and parametric UMAP on the training split; place labelled and core particles on both."""
+    train = space.labelled.loc[table.index[table[SPLIT] == "train"]]
+    reducers = {
+        "umap-learn": UMAPReducer(cfg.n_neighbors, cfg.min_dist, random_state=cfg.seed),
+        "parametric": ParametricUMAP(n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, epochs=cfg.pumap_epochs,
+                                     random_state=cfg.seed, device=cfg.device, progress=progress),
+    }
+    labelled, core, times = {}, {}, {}
+    for method, reducer in reducers.items():
+        with Timer() as fit_time:
+            reducer.fit(train)
+        with Timer() as transform_time:
+            labelled[method] = reducer.transform(space.labelled)
+            if space.core is not None:
+                core[method] = reducer.transform(space.core)
+        n = len(space.labelled) + (len(space.core) if space.core is not None else 0)
+        times[method] = {"fit_s": fit_time.seconds, "transform_s": transform_time.seconds, "transform_n": n}
+    return FittedMaps(labelled, core, times, reducers)
+
+
+def compare_maps(space: Space, maps: FittedMaps, table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Trustworthiness and 2-D kNN accuracy of each map on the test split, with fit/transform times."""
+    test = table.index[table[SPLIT] == "test"]
+    return compare_embeddings(space.labelled.loc[test], {m: y.loc[test] for m, y in maps.labelled.items()},
+                              table.loc[test, LABEL], maps.times, seed=seed)
+
+
+@dataclass(frozen=True)
+class CoreClusters:
+    """HDBSCAN clusters of the core on a map fitted jointly with the training split, and what each one is."""
+
+    clusters: pd.Series  # cluster id per core particle (-1 = noise)
+    summary: pd.DataFrame  # one row per cluster: size, nearest training class, far_from_training, truth
+    core_map: pd.DataFrame
+    train_map: pd.DataFrame
+
+
+def cluster_core(space: Space, table: pd.DataFrame, cfg: EmbedConfig, truth: pd.Series | None = None) -> CoreClusters:
+    """Map core and training particles together (the core keeps its own structure), cluster the core points."""
+    if space.core is None:
+        raise ValueError("this dataset has no core part to cluster")
+    train = space.labelled.loc[table.index[table[SPLIT] == "train"]]
+    joint = UMAPReducer(cfg.n_neighbors, cfg.min_dist, random_state=cfg.seed).fit_transform(
+        pd.concat([train, space.core]))
+    train_map, core_map = joint.iloc[: len(train)], joint.iloc[len(train):]
+    labels = cluster_hdbscan(core_map.to_numpy(), cfg.min_cluster_size)
+    clusters = pd.Series(np.asarray(labels), index=space.core.index, name=CLUSTER)
+    summary = describe_clusters(space.core.to_numpy(), clusters.to_numpy(), train.to_numpy(),
+                                table.loc[train.index, LABEL].to_numpy(),
+                                truth.reindex(space.core.index).to_numpy() if truth is not None else None)
+    return CoreClusters(clusters, summary, core_map, train_map)
+
+
+def layout(points: pd.DataFrame, cfg: EmbedConfig) -> pd.DataFrame:
+    """A plain umap-learn layout of some points (for looking at a space, not for placing new points)."""
+    return UMAPReducer(cfg.n_neighbors, cfg.min_dist, random_state=cfg.seed).fit_transform(points)
+
+
+def save_maps(maps: FittedMaps, run_dir: Path) -> None:
+    """Write every particle's coordinates on each map (columns ``<method>_x``, ``<method>_y``) as Parquet."""
+    for part, by_method in (("labelled", maps.labelled), ("core", maps.core)):
+        if by_method:
+            frame = pd.concat([_xy(y, method) for method, y in by_method.items()], axis=1)
+            atomic_write_table(frame, Path(run_dir) / "tables" / f"04_maps_{part}.parquet")
+
+
+def _xy(coords: pd.DataFrame, method: str) -> pd.DataFrame:
+    """A 2-D map's two columns renamed ``<method>_x`` / ``<method>_y``."""
+    return coords.set_axis([f"{method}_x", f"{method}_y"], axis=1)
+
+
+def load_map(run_dir: Path, part: str, method: str = "umap-learn") -> pd.DataFrame:
+    """One map's coordinates of the labelled part or the core, as written by :func:`save_maps`."""
+    path = Path(run_dir) / "tables" / f"04_maps_{part}.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run notebook 04 first")
+    return pd.read_parquet(path)[[f"{method}_x", f"{method}_y"]]
+
+
+def metrics(comparison: pd.DataFrame, loco_table: pd.DataFrame, clusters: CoreClusters) -> dict[str, Any]:
+    """Notebook 04's numbers for metrics.json."""
+    summary = clusters.summary
+    return {
+        "map_comparison": comparison.to_dict(orient="index"),
+        "loco": {f"{h}/{s}": row for (h, s), row in loco_table.to_dict(orient="index").items()},
+        "core_clusters": {"n_clusters": int(len(summary)), "noise_fraction": float((clusters.clusters < 0).mean()),
+                          "flagged_far": summary.reset_index().loc[summary["far_from_training"].to_numpy()].to_dict(orient="records")},
+    }
