@@ -153,6 +153,9 @@ class DiscoveryConfig(StageConfig):
     k_neighbors: int = 10
     gallery_size: int = 24
     top_k: tuple[int, ...] = (100, 500)
+    ae_latent: int = 64  # which autoencoder of notebook 03 gives the reconstruction loss and the AE space
+    flag_quantile: float = 0.01  # a score flags a particle in its top 1% (against training)
+    target_tpr: float = 0.9  # the "unknown" threshold catches this share of held-out-class particles
 
 
 # Profile overrides, applied along each config's class hierarchy (base classes first).
