@@ -20,6 +20,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ICECORE_CACHE", Path.home() / ".cache" / "icecore"))
 
 
+# Bump whenever the synthetic generator's output changes, so cached datasets of older versions are not reused.
+SYNTH_VERSION = 1
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Size and seed of a synthetic dataset in the instrument's format."""

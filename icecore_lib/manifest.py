@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .config import PROFILE_NAMES, SynthConfig, default_cache_dir, synth_config
+from .config import PROFILE_NAMES, SYNTH_VERSION, SynthConfig, default_cache_dir, synth_config
 from .schema import DEPTH, FLOWCAM_FEATURES, IMGPATH, LABEL, SAMPLE, SESSION
 
 PART_NAMES = ("train", "core", "truth")
@@ -67,8 +67,8 @@ class SyntheticSpec:
 
     @property
     def folder(self) -> str:
-        """Cache folder name: ``<profile>-seed<seed>``, plus a digest of the overrides when there are any."""
-        base = f"{self.profile}-seed{self.seed}"
+        """Cache folder name: ``<profile>-seed<seed>-v<generator version>``, plus a digest of any overrides."""
+        base = f"{self.profile}-seed{self.seed}-v{SYNTH_VERSION}"
         if not self.overrides:
             return base
         digest = hashlib.sha256(json.dumps(dict(self.overrides), sort_keys=True).encode()).hexdigest()

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import icecore_lib.synth
+from icecore_lib.config import SYNTH_VERSION
 from icecore_lib.manifest import ManifestError, load_manifest, resolve_part
 from icecore_lib.schema import CLASSES
 
@@ -29,7 +30,7 @@ def test_the_shipped_manifest_reads_with_the_study_classes_and_datasets() -> Non
     manifest = load_manifest(REPO_MANIFEST)
     assert dict(manifest.classes) == CLASSES
     assert {"synthetic-ci", "synthetic-demo", "synthetic-full", "icelearning"} <= set(manifest.datasets)
-    assert manifest.dataset("synthetic-demo").synthetic.folder == "demo-seed0"
+    assert manifest.dataset("synthetic-demo").synthetic.folder == f"demo-seed0-v{SYNTH_VERSION}"
     ice = manifest.dataset("icelearning")
     assert ice.source["doi"] == "10.5281/zenodo.7591282"
     assert sorted(c.label for c in ice.parts["train"].csv) == sorted(CLASSES)
@@ -113,5 +114,5 @@ def test_synthetic_data_is_generated_on_first_use_then_reused(tmp_path: Path, mo
     first = resolve_part(manifest, "synthetic-ci", "train", cache_dir=tmp_path, progress=False)
     second = resolve_part(manifest, "synthetic-ci", "core", cache_dir=tmp_path, progress=False)
     assert len(calls) == 1 and calls[0].profile == "ci" and calls[0].seed == 0
-    assert first.root == second.root == tmp_path / "synthetic" / "ci-seed0"
+    assert first.root == second.root == tmp_path / "synthetic" / f"ci-seed0-v{SYNTH_VERSION}"
     assert first.csvs[0].path == first.root / "train.csv" and second.images == first.root / "core.zip"
