@@ -105,7 +105,11 @@ def test_features_are_finite(crop: np.ndarray) -> None:
 
 @pytest.mark.parametrize(
     ("crop", "message"),
-    [(np.zeros((10, 10, 3), np.uint8), "2-D"), (np.zeros((10, 10), np.float32), "uint8"), (np.zeros((3, 9), np.uint8), "4x4")],
+    [
+        (np.zeros((10, 10, 3), np.uint8), "2-D"),
+        (np.zeros((10, 10), np.float32), "uint8"),
+        (np.zeros((3, 9), np.uint8), "4x4"),
+    ],
 )
 def test_bad_crop_is_refused_clearly(crop: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):

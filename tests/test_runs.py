@@ -58,3 +58,13 @@ def test_continue_run_without_a_started_run_says_what_to_do(tmp_path, monkeypatc
 def test_environment_versions_name_the_key_packages():
     versions = runs.environment_versions()
     assert versions["python"] and versions["numpy"] and versions["torch"]
+
+
+def test_atomic_writes_follow_the_umask_not_private_0600(tmp_path):
+    import os
+    import stat
+
+    path = runs.atomic_write_text(tmp_path / "shared.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
