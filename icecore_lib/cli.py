@@ -1,4 +1,4 @@
-"""The ``icecore`` console command: synth, check, pack, run."""
+"""The ``icecore`` console command: synth, check, pack, run, report."""
 
 from __future__ import annotations
 
@@ -83,6 +83,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a run's one-page HTML report (notebooks, figures, metrics, parameters) to share by e-mail."""
+    from .report import write_report
+
+    path = write_report(args.run_dir, args.out or None, with_code=args.with_code, progress=not args.quiet)
+    print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def _dataset_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared by the commands that read a manifest dataset."""
     p.add_argument("dataset", nargs="?", default="", help="manifest entry (default: the profile's synthetic set)")
@@ -123,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", action="append", type=_parse_override, metavar="KEY=VALUE",
                    help="notebook parameter override (repeatable), e.g. -p epochs=3")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html: one self-contained page to share a run")
+    p.add_argument("run_dir", help="a run directory written by `icecore run` or the notebooks")
+    p.add_argument("--with-code", action="store_true", help="keep the code cells (hidden by default)")
+    p.add_argument("--out", default="", help="where to write the page (default: RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

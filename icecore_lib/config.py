@@ -177,6 +177,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "StageConfig": {"image_size": 64},
         "TrainConfig": {"epochs": 12, "batch_size": 128},
         "MetadataConfig": {"search_iterations": 6, "epochs": 60},
+        "EmbedConfig": {"epochs": 6},  # leave-one-class-out retrains the CNN once per held-out class
     },
     "full": {
         "TrainConfig": {"epochs": 30, "batch_size": 512, "num_workers": 4},

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from . import runs
 from .config import PROFILE_NAMES
+from .report import write_report
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -48,7 +49,7 @@ def run_notebooks(
     notebooks_dir: Path = NOTEBOOKS_DIR,
     progress: bool = True,
 ) -> tuple[Path, list[NotebookResult]]:
-    """Create a fresh run directory and execute the notebooks in order into it, failing on the first error."""
+    """Create a fresh run directory, execute the notebooks in order (stopping on an error), then write report.html."""
     import papermill as pm
 
     if profile not in PROFILE_NAMES:
@@ -71,4 +72,5 @@ def run_notebooks(
         results.append(NotebookResult(path.stem, output, time.perf_counter() - start))
     timings = {r.name: round(r.seconds, 2) for r in results}
     runs.update_metrics(run_dir, "pipeline", {"notebook_seconds": timings, "total_seconds": sum(timings.values())})
+    write_report(run_dir, progress=progress)
     return run_dir, results

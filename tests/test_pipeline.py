@@ -27,3 +27,4 @@ def test_run_writes_a_complete_fresh_run_directory(tmp_path):
     assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert (run_dir / "figures" / "00_synthetic_preview.png").stat().st_size > 10_000
     assert (run_dir / "params" / "00_data_overview.yaml").exists()
+    assert "00_data_overview" in (run_dir / "report.html").read_text()
