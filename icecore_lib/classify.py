@@ -24,7 +24,7 @@ from .models.cnn import ParticleCNN
 from .models.mlp import MetadataMLP
 from .runs import atomic_write_json, atomic_write_table
 from .schema import FLOWCAM_FEATURES, LABEL, SPLIT
-from .torchdata import FeatureScaler, choose_batches, label_codes
+from .torchdata import FeatureScaler, choose_batches
 from .train import fit, predict, resolve_device
 
 KINDS = ("mlp", "image", "both")
@@ -99,7 +99,7 @@ def fit_torch_classifier(
     images = None if kind == "mlp" else bundle.train.images
     known = table[LABEL].isin(classes).to_numpy()
     labels = np.full(len(table), -1, dtype=np.int64)
-    labels[known] = label_codes(table.loc[known, LABEL], classes)
+    labels[known] = ev.label_codes(table.loc[known, LABEL], classes)
     device = resolve_device(cfg.device)
     rows = {s: np.flatnonzero((table[SPLIT] == s).to_numpy() & known) for s in ("train", "val")}
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed, device=device, num_workers=cfg.num_workers,

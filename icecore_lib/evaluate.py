@@ -54,14 +54,16 @@ def _check_distributions(frame: pd.DataFrame) -> None:
 
 
 def label_codes(y: Sequence[Any] | np.ndarray | pd.Series, classes: Sequence[Any]) -> np.ndarray:
-    """Column index of each label in ``classes``; labels outside them are named in the error."""
-    series = pd.Series(np.asarray(y, dtype=object))
-    codes = series.map({c: i for i, c in enumerate(classes)})
-    if codes.isna().any():
-        unknown = sorted({str(v) for v in series[codes.isna()]})
-        count = int(codes.isna().sum())
-        raise ValueError(f"label(s) {unknown} are not among the classes {list(classes)} ({count} rows)")
-    return codes.to_numpy(dtype=np.int64)
+    """Column index of each label in ``classes``; unknown labels fail naming the first particle (or row) and the count."""
+    series = y if isinstance(y, pd.Series) else pd.Series(np.asarray(y, dtype=object))
+    codes = pd.Index(list(classes)).get_indexer(series.to_numpy(dtype=object)).astype(np.int64)
+    unknown = np.flatnonzero(codes < 0)
+    if unknown.size:
+        first = unknown[0]
+        values = sorted({str(v) for v in series.iloc[unknown]})
+        raise ValueError(f"label(s) {values} are not among the classes {list(classes)} ({unknown.size} rows; "
+                         f"first: {series.index[first]!r})")
+    return codes
 
 
 def classification_report_df(y_true: Sequence[Any], y_pred: Sequence[Any], classes: Sequence[Any]) -> pd.DataFrame:

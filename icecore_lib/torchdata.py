@@ -13,13 +13,16 @@ Keys appear only for the arrays given. Two sources yield them with the same inte
 :class:`DeviceBatches` (the selected uint8 rows moved to the device once, batches sliced there) and
 :class:`LoaderBatches` (a DataLoader slicing the memory-mapped array one fancy-index per batch).
 Both shuffle with a permutation drawn from ``(seed, epoch)``, so an epoch's order does not depend on
-what ran before it (a resumed run sees the same batches) nor on which source feeds it.
+what ran before it (a resumed run sees the same batches) nor on which source feeds it. Under data
+parallelism each process iterates ``source.shard(rank, world)``: its :class:`Shard` of every epoch.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -37,6 +40,7 @@ STUDY_IMAGE_MEAN = 94.0
 STUDY_IMAGE_STD = 12.0
 
 Batch = dict[str, torch.Tensor]
+Order = TypeVar("Order", np.ndarray, torch.Tensor)
 
 
 class ImageNorm(nn.Module):
@@ -147,19 +151,6 @@ def _skewness(values: np.ndarray) -> np.ndarray:
     return np.divide(third, std**3, out=np.zeros_like(std), where=std > 0)
 
 
-def label_codes(labels: pd.Series, classes: Sequence[str]) -> np.ndarray:
-    """Integer codes of class keys in ``classes`` order; an unknown label fails naming its particle."""
-    codes = pd.Index(list(classes)).get_indexer(labels).astype(np.int64)
-    unknown = np.flatnonzero(codes < 0)
-    if unknown.size:
-        first = unknown[0]
-        raise ValueError(
-            f"label {labels.iloc[first]!r} of particle {labels.index[first]!r} is not one of {list(classes)} "
-            f"({unknown.size} row(s) affected)"
-        )
-    return codes
-
-
 def image_stats(
     images: np.ndarray,
     indices: np.ndarray | None = None,
@@ -192,6 +183,52 @@ def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Ten
         return torch.arange(n)
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n, generator=generator)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One process's share of every epoch under data parallelism (the default, rank 0 of 1, is everything).
+
+    Rank ``r`` takes every ``world``-th position of the epoch's order starting at ``r``, in batches of
+    ``batch_size // world``; so batch ``k`` of all ranks together is exactly batch ``k`` of the unsharded
+    source, and gradients averaged over the ranks are those of one process with the whole batch.
+    ``even`` first drops the epoch's last ``n % world`` positions (other samples each shuffled epoch) so
+    every rank runs as many equal batches, as the collectives of a training step need; without it
+    (evaluation) every sample is kept and ranks may differ by one batch.
+    """
+
+    rank: int = 0
+    world: int = 1
+    even: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"rank must be in 0..{self.world - 1} for a world of {self.world}, got {self.rank}")
+
+    def batch_size(self, global_batch_size: int) -> int:
+        """This rank's batch size: the global batch split evenly over the ranks."""
+        if global_batch_size < 1 or global_batch_size % self.world:
+            raise ValueError(
+                f"batch_size {global_batch_size} must be a positive multiple of the world size {self.world}: "
+                "it is the global batch, split evenly over the processes"
+            )
+        return global_batch_size // self.world
+
+    def take(self, order: Order) -> Order:
+        """This rank's positions of an epoch's order."""
+        end = len(order) - (len(order) % self.world if self.even else 0)
+        return order[self.rank : end : self.world]
+
+    def n_batches(self, n: int, global_batch_size: int, drop_last: bool) -> int:
+        """This rank's batches per epoch of ``n`` samples."""
+        end = n - (n % self.world if self.even else 0)
+        return _n_batches(len(range(self.rank, end, self.world)), self.batch_size(global_batch_size), drop_last)
+
+    def batches(self, order: Order, global_batch_size: int, drop_last: bool) -> Iterator[Order]:
+        """This rank's batches of an epoch's order."""
+        mine, size = self.take(order), self.batch_size(global_batch_size)
+        for b in range(_n_batches(len(mine), size, drop_last)):
+            yield mine[b * size : (b + 1) * size]
 
 
 class PackedImageDataset(Dataset):
@@ -265,12 +302,18 @@ def _check_indices(indices: np.ndarray, n: int) -> np.ndarray:
 
 class SortedBatchSampler(Sampler[np.ndarray]):
     """Batches of dataset positions: the epoch's permutation cut into batches, each sorted, so a batch reads the
-    memmap front to back when the dataset's indices are sorted (as split selections are)."""
+    memmap front to back when the dataset's indices are sorted (as split selections are). ``share``: the
+    process's :class:`Shard` of each epoch (default: all of it)."""
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False) -> None:
+    def __init__(
+        self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False,
+        share: Shard = Shard(),
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        share.batch_size(batch_size)
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
+        self.share = share
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -279,13 +322,12 @@ class SortedBatchSampler(Sampler[np.ndarray]):
 
     def __len__(self) -> int:
         """Batches per epoch."""
-        return _n_batches(self.n, self.batch_size, self.drop_last)
+        return self.share.n_batches(self.n, self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         """Position batches; sorted inside a batch only when shuffled (unshuffled keeps the given order)."""
         order = epoch_permutation(self.n, self.seed, self.epoch, self.shuffle).numpy()
-        for b in range(len(self)):
-            batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+        for batch in self.share.batches(order, self.batch_size, self.drop_last):
             yield np.sort(batch) if self.shuffle else batch
 
 
@@ -324,6 +366,15 @@ class LoaderBatches:
         """Select the epoch whose permutation the next iteration uses."""
         self.sampler.set_epoch(epoch)
 
+    def shard(self, rank: int, world: int, *, even: bool = False) -> LoaderBatches:
+        """The same batches cut to one process's :class:`Shard` (a new source; this one is unchanged)."""
+        s = self.sampler
+        sampler = SortedBatchSampler(s.n, s.batch_size, shuffle=s.shuffle, seed=s.seed, drop_last=s.drop_last,
+                                     share=Shard(rank, world, even))
+        sampler.set_epoch(s.epoch)
+        loader = _data_loader(self.dataset, sampler, self.loader.num_workers, self.device)
+        return LoaderBatches(self.dataset, sampler, loader, self.device)
+
     def __len__(self) -> int:
         """Batches per epoch."""
         return len(self.sampler)
@@ -351,15 +402,21 @@ def make_loader(
     device = torch.device(device)
     dataset = PackedImageDataset(images, indices, labels, features)
     sampler = SortedBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    loader = DataLoader(
+    return LoaderBatches(dataset, sampler, _data_loader(dataset, sampler, num_workers, device), device)
+
+
+def _data_loader(
+    dataset: PackedImageDataset, sampler: SortedBatchSampler, num_workers: int, device: torch.device
+) -> DataLoader:
+    """A DataLoader handing whole sampler batches to ``num_workers`` workers (pinned memory for CUDA)."""
+    return DataLoader(
         dataset,
         sampler=sampler,
         batch_size=None,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(sampler.seed),
     )
-    return LoaderBatches(dataset, sampler, loader, device)
 
 
 class DeviceBatches:
@@ -385,6 +442,7 @@ class DeviceBatches:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.share = Shard()
         self.epoch = 0
         labels, features = _as_arrays(labels, features)
         self.tensors: Batch = {"index": torch.from_numpy(self.indices).to(self.device)}
@@ -399,15 +457,22 @@ class DeviceBatches:
         """Select the epoch whose permutation the next iteration uses."""
         self.epoch = epoch
 
+    def shard(self, rank: int, world: int, *, even: bool = False) -> DeviceBatches:
+        """The same batches cut to one process's :class:`Shard` (a new source sharing the device tensors)."""
+        share = Shard(rank, world, even)
+        share.batch_size(self.batch_size)
+        sharded = copy.copy(self)
+        sharded.share = share
+        return sharded
+
     def __len__(self) -> int:
         """Batches per epoch."""
-        return _n_batches(len(self.indices), self.batch_size, self.drop_last)
+        return self.share.n_batches(len(self.indices), self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[Batch]:
         """Batches of the epoch's permutation; images become float32 on the device."""
         order = epoch_permutation(len(self.indices), self.seed, self.epoch, self.shuffle).to(self.device)
-        for b in range(len(self)):
-            take = order[b * self.batch_size : (b + 1) * self.batch_size]
+        for take in self.share.batches(order, self.batch_size, self.drop_last):
             batch = {k: v[take] for k, v in self.tensors.items()}
             if "image" in batch:
                 batch["image"] = batch["image"].float()
@@ -511,11 +576,11 @@ __all__ = [
     "ImageNorm",
     "LoaderBatches",
     "PackedImageDataset",
+    "Shard",
     "SortedBatchSampler",
     "augment",
     "choose_batches",
     "epoch_permutation",
     "image_stats",
-    "label_codes",
     "make_loader",
 ]

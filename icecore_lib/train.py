@@ -11,6 +11,10 @@ at the lowest monitored loss: validation loss, or training loss without validati
 again on the same ``out_dir`` after an interruption and it resumes from ``last.safetensors`` with the
 same result as an uninterrupted run (bit for bit on CPU): each epoch's shuffling and augmentation are
 drawn from ``(seed, epoch)``, and the global RNG that dropout uses is restored.
+
+Under ``torchrun`` (a process group of several ranks, see ``icecore_lib.distributed``) the same call
+trains with DistributedDataParallel: each rank takes its shard of every epoch, ``cfg.batch_size`` is the
+global batch, and rank 0 alone writes the files above.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
+from .distributed import all_reduce_sum, barrier, world, wrap_ddp
 from .runs import atomic_path, atomic_write_table
 from .torchdata import Batch, augment
 
@@ -46,7 +51,10 @@ BEST_FILE = "best.safetensors"
 LAST_FILE = "last.safetensors"
 _META_KEY = "icecore"
 _HISTORY_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s")
-_AUGMENT_STREAM = 7919  # keeps the augmentation seed apart from the shuffling seed of the same epoch
+# Offsets that keep the seeds of an epoch's augmentation, of its dropout under DDP, and of each rank apart.
+_AUGMENT_STREAM = 7919
+_DROPOUT_STREAM = 104_729
+_RANK_STREAM = 1_000_003
 
 
 class Batches(Protocol):
@@ -58,6 +66,8 @@ class Batches(Protocol):
     def shuffle(self) -> bool: ...
 
     def set_epoch(self, epoch: int) -> None: ...
+
+    def shard(self, rank: int, world: int, *, even: bool = False) -> Batches: ...
 
     def __len__(self) -> int: ...
 
@@ -121,17 +131,34 @@ class _LoopState:
         return frame[[c for c in _HISTORY_COLUMNS if c in frame.columns]]
 
 
+class _BatchLoss(nn.Module):
+    """A batch's per-sample losses and correct count as one module call, so that DDP, which synchronises
+    gradients only through a wrapped module's forward, sees every task (reconstruction is not ``forward``)."""
+
+    def __init__(self, model: nn.Module, task: Task, label_smoothing: float) -> None:
+        super().__init__()
+        self.model, self.task, self.label_smoothing = model, task, label_smoothing
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample losses and the number of correct predictions (see ``_losses``)."""
+        return _losses(self.model, batch, self.task, self.label_smoothing)
+
+
 @dataclass
 class _Loop:
-    """Everything one fit call works with."""
+    """Everything one fit call works with: ``step`` trains (DDP-wrapped in a process group), ``loss`` evaluates."""
 
     model: nn.Module
+    loss: _BatchLoss
+    step: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     cfg: TrainConfig
     task: Task
     device: torch.device
     progress: bool
+    rank: int = 0
+    world: int = 1
 
 
 def fit(
@@ -149,34 +176,52 @@ def fit(
 
     Resumes from ``out_dir/last.safetensors`` when ``resume`` and it exists. On return the model holds
     the best epoch's weights. On CUDA: bf16 autocast, channels_last, cuDNN autotuning; on CPU: fp32.
+    In a process group of several ranks: DDP on each rank's shard, files written by rank 0 (see module doc).
     """
+    rank, size = world()
+    train_batches, val_batches = _shard(train_batches, val_batches, rank, size)
     _check_fit_args(model, train_batches, val_batches, cfg, task)
     out_dir = Path(out_dir)
     device = train_batches.device
+    progress = progress and rank == 0
     seed_everything(cfg.seed)
     model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(model, cfg)
-    loop = _Loop(model, optimizer, _scheduler(optimizer, cfg, len(train_batches)), cfg, task, device, progress)
+    loss = _BatchLoss(model, task, cfg.label_smoothing)
+    scheduler = _scheduler(optimizer, cfg, len(train_batches))
+    loop = _Loop(model, loss, loss, optimizer, scheduler, cfg, task, device, progress, rank, size)
     fingerprint = _fingerprint(loop, len(train_batches))
     state = _LoopState()
     if resume and (out_dir / LAST_FILE).exists():
         state = _load_training_state(out_dir / LAST_FILE, loop, fingerprint)
     if cfg.compile:
         model.compile()
+    loop.step = wrap_ddp(loss, device)
     epochs = range(state.epoch + 1, cfg.epochs + 1) if not state.stopped_early else range(0)
     for epoch in tqdm(epochs, desc=f"{type(model).__name__} epochs", disable=not progress):
         row = _epoch_row(loop, train_batches, val_batches, epoch)
-        if state.record(row, cfg.patience):
-            save_weights(model, out_dir / BEST_FILE, epoch=epoch, loss=state.best_loss)
-        _save_training_state(out_dir / LAST_FILE, loop, state, fingerprint)
-        atomic_write_table(state.frame(), out_dir / HISTORY_FILE)
+        improved = state.record(row, cfg.patience)
+        if rank == 0:
+            if improved:
+                save_weights(model, out_dir / BEST_FILE, epoch=epoch, loss=state.best_loss)
+            _save_training_state(out_dir / LAST_FILE, loop, state, fingerprint)
+            atomic_write_table(state.frame(), out_dir / HISTORY_FILE)
         if state.stopped_early:
             break
+    barrier()  # the other ranks read the best weights only once rank 0 has written them
     load_weights(model, out_dir / BEST_FILE)
     return History(state.frame(), state.best_epoch, state.stopped_early, out_dir / BEST_FILE)
+
+
+def _shard(train: Batches, val: Batches | None, rank: int, size: int) -> tuple[Batches, Batches | None]:
+    """Each rank's share of the batches: training ranks get equal batch counts (their steps meet in
+    collectives), validation keeps every sample. Unchanged with one process."""
+    if size == 1:
+        return train, val
+    return train.shard(rank, size, even=True), None if val is None else val.shard(rank, size)
 
 
 def _check_fit_args(model: nn.Module, train: Batches, val: Batches | None, cfg: TrainConfig, task: str) -> None:
@@ -247,12 +292,16 @@ def _epoch_row(loop: _Loop, train_batches: Batches, val_batches: Batches | None,
 def _pass(loop: _Loop, batches: Batches, epoch: int, *, train: bool) -> dict[str, float]:
     """One pass over ``batches``: training steps with augmentation, or no-grad evaluation in eval mode.
 
-    Returns the mean loss, accuracy, sample count and seconds; losses are summed on the device and read
-    once at the end, so the pass never waits on the GPU.
+    Returns the mean loss, accuracy, sample count and seconds over every rank; losses are summed on the
+    device and read once at the end, so the pass never waits on the GPU. Evaluation does not go through
+    DDP: it needs no gradients, and its ranks may run different numbers of batches.
     """
-    loop.model.train(train)
+    module = loop.step if train else loop.loss
+    module.train(train)
     batches.set_epoch(epoch)
-    generator = torch.Generator(device=loop.device).manual_seed(loop.cfg.seed * 100_003 + epoch + _AUGMENT_STREAM)
+    generator = torch.Generator(device=loop.device).manual_seed(_stream_seed(loop, epoch, _AUGMENT_STREAM))
+    if train and loop.world > 1:
+        torch.manual_seed(_stream_seed(loop, epoch, _DROPOUT_STREAM))  # each rank its own dropout, resumable
     totals, n = torch.zeros(2, device=loop.device), 0
     start = time.perf_counter()
     desc = f"epoch {epoch}" if train else "validate"
@@ -261,7 +310,7 @@ def _pass(loop: _Loop, batches: Batches, epoch: int, *, train: bool) -> dict[str
             if train and loop.cfg.augment and "image" in batch:
                 batch["image"] = augment(batch["image"], generator)
             with _autocast(loop.device):
-                losses, correct = _losses(loop.model, _prepare(batch, loop.device), loop.task, loop.cfg.label_smoothing)
+                losses, correct = module(_prepare(batch, loop.device))
             if train:
                 loop.optimizer.zero_grad(set_to_none=True)
                 losses.mean().backward()
@@ -269,8 +318,14 @@ def _pass(loop: _Loop, batches: Batches, epoch: int, *, train: bool) -> dict[str
                 loop.scheduler.step()
             totals += torch.stack([losses.detach().sum(), correct])
             n += len(losses)
-    loss_sum, n_correct = totals.tolist()
+    sums = all_reduce_sum(torch.tensor([*totals.tolist(), n], dtype=torch.float64))
+    loss_sum, n_correct, n = sums.tolist()
     return {"loss": loss_sum / n, "acc": n_correct / n, "n": n, "seconds": time.perf_counter() - start}
+
+
+def _stream_seed(loop: _Loop, epoch: int, stream: int) -> int:
+    """The seed of one random stream of an epoch on this rank (rank 0's are those of a single process)."""
+    return loop.cfg.seed * 100_003 + epoch + stream + loop.rank * _RANK_STREAM
 
 
 def _losses(model: nn.Module, batch: Batch, task: str, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -169,3 +169,16 @@ def test_evaluation_plots_return_figures_and_save_pngs(tmp_path):
         assert fig.axes
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ECE" in plot_reliability({"before": reliability_curve(proba, labels, classes=CLASSES)}).axes[0].get_title()
+
+
+def test_label_codes_follow_class_order_and_name_the_first_unknown_particle():
+    import numpy as np
+    import pandas as pd
+    import pytest
+
+    from icecore_lib.evaluate import label_codes
+
+    labels = pd.Series(["dust", "camp", "dust"], index=["a", "b", "c"])
+    np.testing.assert_array_equal(label_codes(labels, ["camp", "dust"]), [1, 0, 1])
+    with pytest.raises(ValueError, match=r"\['dust'\].*first: 'a'"):
+        label_codes(labels, ["camp", "grim"])

@@ -15,7 +15,6 @@ from icecore_lib.torchdata import (
     augment,
     choose_batches,
     image_stats,
-    label_codes,
     make_loader,
 )
 
@@ -72,13 +71,6 @@ def test_scaler_errors_name_column_and_particle():
         FeatureScaler().fit(table)
     with pytest.raises(KeyError, match="Width"):
         FeatureScaler().fit(table.drop(columns="Width"))
-
-
-def test_label_codes_follow_class_order_and_name_unknown_particle():
-    labels = pd.Series(["dust", "camp", "dust"], index=["a", "b", "c"])
-    np.testing.assert_array_equal(label_codes(labels, ["camp", "dust"]), [1, 0, 1])
-    with pytest.raises(ValueError, match="'dust' of particle 'a'"):
-        label_codes(labels, ["camp", "grim"])
 
 
 def test_image_stats_match_numpy_on_selected_rows(tmp_path):
