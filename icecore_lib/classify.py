@@ -247,8 +247,27 @@ def core_accuracy_drop(outputs: ClassifierOutputs, test: dict[str, Any], bundle:
     return domain_drop(test["accuracy"], float((pred == truth[known]).mean()), domain="core (known classes)")
 
 
+def core_recall_table(outputs: ClassifierOutputs, test: dict[str, Any], bundle: DatasetBundle,
+                      warn_drop: float = 0.10) -> pd.DataFrame | None:
+    """Per class: recall on the test split and on the core's truth, and a flag where the core loses > ``warn_drop``.
+
+    An average accuracy can hide one class that the core's acquisition shift breaks; this table does not.
+    """
+    if bundle.truth is None or outputs.core_logits is None:
+        return None
+    truth = bundle.truth.reindex(outputs.core_logits.index)
+    known = truth.isin(outputs.classes).to_numpy()
+    core = ev.classification_report_df(truth[known], outputs.core_logits[known].idxmax(axis=1), outputs.classes)
+    table = pd.DataFrame({"test_recall": test["per_class"]["recall"], "core_recall": core["recall"],
+                          "core_support": core["support"]})
+    table["drop"] = table["test_recall"] - table["core_recall"]
+    table["warning"] = table["drop"] > warn_drop
+    return table
+
+
 def cnn_metrics(tests: dict[str, dict[str, Any]], best: str, calibration: Calibration, coverage: pd.DataFrame,
-                probe: Any, core_drop: Any, errors: pd.DataFrame | None) -> dict[str, Any]:
+                probe: Any, core_drop: Any, core_recall: pd.DataFrame | None, errors: pd.DataFrame | None
+                ) -> dict[str, Any]:
     """Everything notebook 02 reports, as plain values for metrics.json."""
     metrics: dict[str, Any] = {v: ev.metric_scalars(r) for v, r in tests.items()}
     metrics["core_model"] = best
@@ -258,6 +277,8 @@ def cnn_metrics(tests: dict[str, dict[str, Any]], best: str, calibration: Calibr
     metrics["session_probe"] = probe.summary()
     if core_drop is not None:
         metrics["core_accuracy"] = {"test": core_drop.reference, "core": core_drop.shifted, "warning": core_drop.warning}
+    if core_recall is not None:
+        metrics["core_recall"] = core_recall.to_dict(orient="index")
     if errors is not None:
         metrics["composition_mae"] = errors.filter(like="_abs_error").mean().to_dict()
     return metrics
