@@ -99,6 +99,8 @@ class TrainConfig(StageConfig):
     patience: int = 5
     num_workers: int = 0
     augment: bool = True
+    augment_blur: float = 0.0  # largest random defocus sigma (px at model size); 0 = off
+    augment_noise: float = 0.0  # largest random noise std (gray levels); 0 = off
     compile: bool = False  # torch.compile the model (CUDA; pays a one-off compile time)
 
 

@@ -19,6 +19,8 @@ parallelism each process iterates ``source.shard(rank, world)``: its :class:`Sha
 
 from __future__ import annotations
 
+import math
+
 import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -527,12 +530,18 @@ def augment(
     flips: bool = True,
     rotations: bool = True,
     jitter: float = 0.1,
+    blur: float = 0.0,
+    noise: float = 0.0,
 ) -> torch.Tensor:
-    """Randomly flip, rotate by multiples of 90 degrees (particles have no up) and jitter brightness/contrast.
+    """Randomly flip, rotate by multiples of 90 degrees (particles have no up), jitter brightness/contrast,
+    defocus and add sensor noise.
 
     ``x`` is a ``(B, ..., S, S)`` batch of raw intensities (0-255, float or uint8) on the generator's
     device; each sample draws its own transform. Brightness is a gain and contrast a stretch about the
-    image mean, each in ``[1 - jitter, 1 + jitter]``; results clip to 0-255. Shape and dtype are kept.
+    image mean, each in ``[1 - jitter, 1 + jitter]``. ``blur``: largest Gaussian defocus sigma (px), each sample
+    drawing one in ``[0, blur]``; ``noise``: largest Gaussian noise std (gray levels), likewise. Focus and
+    noise differ between acquisition sessions, so these keep a model from reading the session. Results clip
+    to 0-255; shape and dtype are kept.
     """
     if x.device.type != generator.device.type:
         raise ValueError(f"augment: batch on {x.device} but generator on {generator.device}")
@@ -551,8 +560,29 @@ def augment(
         mean = values.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
         values = ((values - mean) * stretch + mean) * gain
         out = values.clamp(0, 255)
-        out = out if x.is_floating_point() else out.round()
+    if blur > 0:
+        sigma = blur * torch.rand(n, generator=generator, device=x.device)
+        out = _gaussian_blur(out.float(), sigma)
+    if noise > 0:
+        std = noise * torch.rand(per_sample, generator=generator, device=x.device)
+        out = (out.float() + std * torch.randn(out.shape, generator=generator, device=x.device)).clamp(0, 255)
+    out = out if x.is_floating_point() else out.float().round()
     return out.to(x.dtype)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each sample of ``(B, ..., S, S)`` with its own Gaussian sigma (separable, reflect-padded)."""
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    weights = torch.exp(-0.5 * (offsets / sigma.clamp(min=1e-3).view(-1, 1)) ** 2)
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    shape = x.shape
+    planes = x.reshape(1, -1, shape[-2], shape[-1])
+    kernel = weights.repeat_interleave(planes.shape[1] // shape[0], dim=0)
+    planes = F.pad(planes, (radius, radius, radius, radius), mode="reflect")
+    planes = F.conv2d(planes, kernel.view(-1, 1, 1, 2 * radius + 1), groups=planes.shape[1])
+    planes = F.conv2d(planes, kernel.view(-1, 1, 2 * radius + 1, 1), groups=planes.shape[1])
+    return planes.reshape(shape)
 
 
 def _rotate90(x: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:

@@ -308,7 +308,8 @@ def _pass(loop: _Loop, batches: Batches, epoch: int, *, train: bool) -> dict[str
     with torch.set_grad_enabled(train):
         for batch in tqdm(batches, total=len(batches), desc=desc, leave=False, disable=not loop.progress):
             if train and loop.cfg.augment and "image" in batch:
-                batch["image"] = augment(batch["image"], generator)
+                batch["image"] = augment(batch["image"], generator, blur=loop.cfg.augment_blur,
+                                         noise=loop.cfg.augment_noise)
             with _autocast(loop.device):
                 losses, correct = module(_prepare(batch, loop.device))
             if train:

@@ -158,3 +158,18 @@ def test_augment_is_seeded_and_jitter_is_mild():
     ratio = unmoved.mean(dim=(1, 2, 3)) / x.float().mean(dim=(1, 2, 3))
     assert not torch.equal(unmoved, x.float())
     assert ((ratio > 0.85) & (ratio < 1.15)).all()
+
+
+def test_defocus_and_noise_augmentation_soften_edges_and_stay_seeded():
+    x = torch.full((16, 1, 32, 32), 110.0)
+    x[:, :, 8:24, 8:24] = 30.0
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    plain = augment(x, gen(), flips=False, rotations=False, jitter=0.0)
+    blurred = augment(x, gen(), flips=False, rotations=False, jitter=0.0, blur=2.0)
+    noisy = augment(x, gen(), flips=False, rotations=False, jitter=0.0, noise=5.0)
+    torch.testing.assert_close(plain, x)
+    edge = lambda t: (t[..., 1:] - t[..., :-1]).abs().amax(dim=(1, 2, 3))  # noqa: E731
+    assert (edge(blurred) < 0.9 * edge(x)).float().mean() >= 0.5, "most samples draw a visible defocus"
+    torch.testing.assert_close(blurred.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=1.0, rtol=0)
+    assert 0 < (noisy - x).std() < 5.0
+    torch.testing.assert_close(noisy, augment(x, gen(), flips=False, rotations=False, jitter=0.0, noise=5.0))
