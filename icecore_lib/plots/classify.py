@@ -185,7 +185,7 @@ def plot_model_comparison(table: pd.DataFrame, metrics: Sequence[str] = ("accura
                           path: Path | str | None = None) -> Figure:
     """Grouped bars of the models' metrics (images vs metadata vs both); accuracy intervals when present."""
     shown = [m for m in metrics if m in table.columns]
-    fig = Figure(figsize=(max(6, 1.6 * len(table)), 4), layout="constrained")
+    fig = Figure(figsize=(max(6, 2.2 * len(table)), 4), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(len(shown), 1)
     x = np.arange(len(table))
