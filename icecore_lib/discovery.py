@@ -86,14 +86,17 @@ class HoldoutScores:
 
 def holdout_scores(run_dir: Path, bundle: DatasetBundle, cfg: DiscoveryConfig, holdout: str,
                    progress: bool = True) -> HoldoutScores:
-    """Score one fold with detectors fitted on the models of notebook 04 that never saw the held-out class."""
+    """Score one fold with detectors fitted on the models of notebook 04 that never saw the held-out class.
+
+    The query is the test split, all classes: the held-out class keeps its natural share there, so recall in
+    the top k means what it would mean on a core where the new class is a minority.
+    """
     table = bundle.train.table
     fold = loco.load(run_dir, holdout, cfg.ae_latent)
     inputs = _inputs(fold.cnn, fold.ae, spaces.metadata_space(bundle), "labelled")
     scorer = fit_scorer(inputs, table, cfg, exclude=(holdout,), progress=progress)
-    held = table[LABEL] == holdout
-    query = table.index[held | ((table[SPLIT] == "test") & ~held)]
-    return HoldoutScores(holdout, score(scorer, inputs.rows(query)), held.loc[query].rename("is_novel"))
+    query = table.index[table[SPLIT] == "test"]
+    return HoldoutScores(holdout, score(scorer, inputs.rows(query)), (table.loc[query, LABEL] == holdout).rename("is_novel"))
 
 
 def holdouts_in_run(run_dir: Path) -> list[str]:
