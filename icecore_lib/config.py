@@ -99,8 +99,11 @@ class TrainConfig(StageConfig):
     patience: int = 5
     num_workers: int = 0
     augment: bool = True
-    augment_blur: float = 0.0  # largest random defocus sigma (px at model size); 0 = off
-    augment_noise: float = 0.0  # largest random noise std (gray levels); 0 = off
+    # Defocus and noise augmentation: sessions differ in focus and noise. On the demo core (other sessions)
+    # blur 1.0 + noise 3.0 raised the image CNN's core recall of contamination from 0.46 to 0.61 and of ash #2
+    # from 0.86 to 0.96 at the same test accuracy. 0 turns either off.
+    augment_blur: float = 1.0  # largest random defocus sigma (px at model size)
+    augment_noise: float = 3.0  # largest random noise std (gray levels)
     compile: bool = False  # torch.compile the model (CUDA; pays a one-off compile time)
 
 
