@@ -18,10 +18,10 @@ from sklearn.neighbors import KNeighborsClassifier
 from .config import TrainConfig
 from .data import DatasetBundle
 from .models.autoencoder import ConvAutoencoder
-from .runs import atomic_write_table
+from .runs import read_part_tables, write_part_tables
 from .schema import LABEL, NEW_CLASS, SPLIT
 from .torchdata import choose_batches
-from .train import fit, predict, resolve_device
+from .train import batch_options, fit, predict
 
 RECON = "recon"
 LATENT_PREFIX = "lat_"
@@ -61,9 +61,7 @@ def fit_autoencoder(bundle: DatasetBundle, cfg: TrainConfig, latent_dim: int, ou
     """Train one autoencoder and score every particle of the labelled part and the core."""
     part, train_rows, val_rows = training_rows(bundle, train_on, exclude, cfg.seed)
     images = bundle.parts()[part].images
-    device = resolve_device(cfg.device)
-    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, device=device, num_workers=cfg.num_workers,
-                  progress=progress)
+    common = batch_options(cfg, progress)
     model = ConvAutoencoder(images.shape[1], latent_dim)
     history = fit(model, choose_batches(images, train_rows, shuffle=True, **common),
                   choose_batches(images, val_rows, shuffle=False, **common),
@@ -112,17 +110,11 @@ def latent_comparison(outputs: dict[int, AEOutputs], bundle: DatasetBundle, k: i
 
 def save_outputs(out: AEOutputs, run_dir: Path) -> None:
     """Write the per-particle tables as Parquet in the run directory."""
-    for part, frame in (("labelled", out.labelled), ("core", out.core)):
-        if frame is not None:
-            atomic_write_table(frame, Path(run_dir) / "tables" / f"{out.name}_{part}.parquet")
+    write_part_tables(run_dir, out.name, {"labelled": out.labelled, "core": out.core})
 
 
 def load_outputs(run_dir: Path, latent_dim: int, name: str = "") -> AEOutputs:
     """Read back what :func:`save_outputs` wrote (notebooks 04 and 05 reuse it; nothing is retrained)."""
     name = name or f"ae{latent_dim}"
-    tables = Path(run_dir) / "tables"
-    labelled = tables / f"{name}_labelled.parquet"
-    if not labelled.exists():
-        raise FileNotFoundError(f"{labelled} is missing: run the notebook that trains {name!r} first")
-    core = tables / f"{name}_core.parquet"
-    return AEOutputs(name, latent_dim, pd.read_parquet(labelled), pd.read_parquet(core) if core.exists() else None)
+    tables = read_part_tables(run_dir, name)
+    return AEOutputs(name, latent_dim, tables["labelled"], tables["core"])

@@ -17,15 +17,16 @@ from scipy.special import softmax
 
 from . import evaluate as ev
 from . import quantify
+from .audit import domain_drop
 from .config import MetadataConfig, TrainConfig
 from .data import DatasetBundle
 from .models.bdt import BDTClassifier, search
 from .models.cnn import ParticleCNN
 from .models.mlp import MetadataMLP
-from .runs import atomic_write_json, atomic_write_table
+from .runs import atomic_write_json, read_part_tables, write_part_tables
 from .schema import FLOWCAM_FEATURES, LABEL, SPLIT
 from .torchdata import FeatureScaler, choose_batches
-from .train import fit, predict, resolve_device
+from .train import batch_options, fit, predict
 
 KINDS = ("mlp", "image", "both")
 EMBED_PREFIX = "emb_"
@@ -100,10 +101,8 @@ def fit_torch_classifier(
     known = table[LABEL].isin(classes).to_numpy()
     labels = np.full(len(table), -1, dtype=np.int64)
     labels[known] = ev.label_codes(table.loc[known, LABEL], classes)
-    device = resolve_device(cfg.device)
     rows = {s: np.flatnonzero((table[SPLIT] == s).to_numpy() & known) for s in ("train", "val")}
-    common = dict(batch_size=cfg.batch_size, seed=cfg.seed, device=device, num_workers=cfg.num_workers,
-                  progress=progress)
+    common = batch_options(cfg, progress)
     train_b = choose_batches(images, rows["train"], labels, features, shuffle=True, **common)
     val_b = choose_batches(images, rows["val"], labels, features, shuffle=False, **common)
     model = build_torch_classifier(kind, len(classes), cfg)
@@ -223,11 +222,9 @@ def compositions(outputs: ClassifierOutputs, table: pd.DataFrame, temperature: f
 
 def comparison_table(metrics: dict[str, Any], tests: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """The study's slide: metadata models (from notebook 01's metrics) against the image models, test split."""
-    rows = {f"{name.upper()} (metadata)": values for name, values in metrics.get("01_metadata", {}).items()}
-    rows |= {f"CNN ({'images + metadata' if v == 'both' else 'images'})": ev.metric_scalars(r) for v, r in tests.items()}
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index.name = "model"
-    return table[[c for c in table.columns if c != "params" and c != "epochs_run"]]
+    rows = {f"{name.upper()} (metadata)": v for name, v in metrics.get("01_metadata", {}).items()}
+    rows |= {f"CNN ({'images + metadata' if v == 'both' else 'images'})": r for v, r in tests.items()}
+    return ev.compare_models(rows)
 
 
 def best_variant(outputs: dict[str, ClassifierOutputs], table: pd.DataFrame) -> str:
@@ -237,14 +234,20 @@ def best_variant(outputs: dict[str, ClassifierOutputs], table: pd.DataFrame) -> 
 
 def core_accuracy_drop(outputs: ClassifierOutputs, test: dict[str, Any], bundle: DatasetBundle) -> Any:
     """Accuracy on the core's known-class particles against the test split (None without a truth file)."""
-    from .audit import domain_drop
+    known = _core_known(outputs, bundle)
+    if known is None:
+        return None
+    truth, pred = known
+    return domain_drop(test["accuracy"], float((pred == truth).mean()), domain="core (known classes)")
 
+
+def _core_known(outputs: ClassifierOutputs, bundle: DatasetBundle) -> tuple[pd.Series, pd.Series] | None:
+    """True and predicted class of the core particles whose true class the model knows (None without truth)."""
     if bundle.truth is None or outputs.core_logits is None:
         return None
     truth = bundle.truth.reindex(outputs.core_logits.index)
-    known = truth.isin(outputs.classes)
-    pred = outputs.core_logits[known.to_numpy()].idxmax(axis=1)
-    return domain_drop(test["accuracy"], float((pred == truth[known]).mean()), domain="core (known classes)")
+    known = truth.isin(outputs.classes).to_numpy()
+    return truth[known], outputs.core_logits[known].idxmax(axis=1)
 
 
 def core_recall_table(outputs: ClassifierOutputs, test: dict[str, Any], bundle: DatasetBundle,
@@ -253,11 +256,10 @@ def core_recall_table(outputs: ClassifierOutputs, test: dict[str, Any], bundle: 
 
     An average accuracy can hide one class that the core's acquisition shift breaks; this table does not.
     """
-    if bundle.truth is None or outputs.core_logits is None:
+    known = _core_known(outputs, bundle)
+    if known is None:
         return None
-    truth = bundle.truth.reindex(outputs.core_logits.index)
-    known = truth.isin(outputs.classes).to_numpy()
-    core = ev.classification_report_df(truth[known], outputs.core_logits[known].idxmax(axis=1), outputs.classes)
+    core = ev.classification_report_df(*known, outputs.classes)
     table = pd.DataFrame({"test_recall": test["per_class"]["recall"], "core_recall": core["recall"],
                           "core_support": core["support"]})
     table["drop"] = table["test_recall"] - table["core_recall"]
@@ -285,32 +287,33 @@ def cnn_metrics(tests: dict[str, dict[str, Any]], best: str, calibration: Calibr
 
 
 def save_outputs(outputs: ClassifierOutputs, run_dir: Path) -> dict[str, Path]:
-    """Write logits + embeddings of the labelled part and the core as Parquet tables in the run directory."""
-    paths = {}
-    for part, logits, emb in (("labelled", outputs.labelled_logits, outputs.labelled_embedding),
-                              ("core", outputs.core_logits, outputs.core_embedding)):
-        if logits is None:
-            continue
-        frame = logits.add_prefix("logit_")
-        frame = frame.join(emb) if emb is not None else frame
-        paths[part] = atomic_write_table(frame, Path(run_dir) / "tables" / f"{outputs.name}_{part}.parquet")
-    return paths
+    """Write logits (``logit_<class>``) + embeddings of the labelled part and the core as Parquet tables."""
+    return write_part_tables(run_dir, outputs.name, {
+        "labelled": _logits_and_embedding(outputs.labelled_logits, outputs.labelled_embedding),
+        "core": _logits_and_embedding(outputs.core_logits, outputs.core_embedding),
+    })
+
+
+def _logits_and_embedding(logits: pd.DataFrame | None, emb: pd.DataFrame | None) -> pd.DataFrame | None:
+    """One table of prefixed logits and the embedding columns (None when there are no logits)."""
+    if logits is None:
+        return None
+    frame = logits.add_prefix("logit_")
+    return frame.join(emb) if emb is not None else frame
 
 
 def load_outputs(run_dir: Path, name: str) -> ClassifierOutputs:
     """Read back what :func:`save_outputs` wrote, so later notebooks reuse a model's outputs without retraining."""
-    parts = {}
-    for part in ("labelled", "core"):
-        path = Path(run_dir) / "tables" / f"{name}_{part}.parquet"
-        if not path.exists():
-            if part == "labelled":
-                raise FileNotFoundError(f"{path} is missing: run the notebook that trains {name!r} first")
-            parts[part] = (None, None)
-            continue
-        frame = pd.read_parquet(path)
-        logit_cols = [c for c in frame.columns if c.startswith("logit_")]
-        emb_cols = [c for c in frame.columns if c.startswith(EMBED_PREFIX)]
-        logits = frame[logit_cols].rename(columns=lambda c: c.removeprefix("logit_"))
-        parts[part] = (logits, frame[emb_cols] if emb_cols else None)
-    classes = list(parts["labelled"][0].columns)
-    return ClassifierOutputs(name, classes, parts["labelled"][0], parts["core"][0], parts["labelled"][1], parts["core"][1])
+    tables = read_part_tables(run_dir, name)
+    split = {part: _split_logits(frame) for part, frame in tables.items()}
+    (labelled, labelled_emb), (core, core_emb) = split["labelled"], split["core"]
+    return ClassifierOutputs(name, list(labelled.columns), labelled, core, labelled_emb, core_emb)
+
+
+def _split_logits(frame: pd.DataFrame | None) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """Logits (prefix removed) and embedding columns of a saved table."""
+    if frame is None:
+        return None, None
+    logits = frame.filter(like="logit_").rename(columns=lambda c: c.removeprefix("logit_"))
+    emb = frame.filter(like=EMBED_PREFIX)
+    return logits, emb if len(emb.columns) else None

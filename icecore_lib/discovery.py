@@ -85,7 +85,7 @@ class HoldoutScores:
 
 
 def holdout_scores(run_dir: Path, bundle: DatasetBundle, cfg: DiscoveryConfig, holdout: str,
-                   progress: bool = True) -> HoldoutScores:
+                   meta: spaces.Space, progress: bool = True) -> HoldoutScores:
     """Score one fold with detectors fitted on the models of notebook 04 that never saw the held-out class.
 
     The query is the test split, all classes: the held-out class keeps its natural share there, so recall in
@@ -93,7 +93,7 @@ def holdout_scores(run_dir: Path, bundle: DatasetBundle, cfg: DiscoveryConfig, h
     """
     table = bundle.train.table
     fold = loco.load(run_dir, holdout, cfg.ae_latent)
-    inputs = _inputs(fold.cnn, fold.ae, spaces.metadata_space(bundle), "labelled")
+    inputs = _inputs(fold.cnn, fold.ae, meta, "labelled")
     scorer = fit_scorer(inputs, table, cfg, exclude=(holdout,), progress=progress)
     query = table.index[table[SPLIT] == "test"]
     return HoldoutScores(holdout, score(scorer, inputs.rows(query)), (table.loc[query, LABEL] == holdout).rename("is_novel"))

@@ -13,11 +13,12 @@ from .cluster import cluster_hdbscan, describe_clusters
 from .config import EmbedConfig
 from .embed import Timer, UMAPReducer, compare_embeddings
 from .models.pumap import ParametricUMAP
-from .runs import atomic_write_table
+from .runs import read_part_tables, write_part_tables
 from .schema import LABEL, SPLIT
 from .spaces import Space
 
 CLUSTER = "cluster"
+MAPS_TABLE = "04_maps"
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,10 @@ def layout(points: pd.DataFrame, cfg: EmbedConfig) -> pd.DataFrame:
 
 def save_maps(maps: FittedMaps, run_dir: Path) -> None:
     """Write every particle's coordinates on each map (columns ``<method>_x``, ``<method>_y``) as Parquet."""
-    for part, by_method in (("labelled", maps.labelled), ("core", maps.core)):
-        if by_method:
-            frame = pd.concat([_xy(y, method) for method, y in by_method.items()], axis=1)
-            atomic_write_table(frame, Path(run_dir) / "tables" / f"04_maps_{part}.parquet")
+    write_part_tables(run_dir, MAPS_TABLE, {
+        part: pd.concat([_xy(y, method) for method, y in by_method.items()], axis=1) if by_method else None
+        for part, by_method in (("labelled", maps.labelled), ("core", maps.core))
+    })
 
 
 def _xy(coords: pd.DataFrame, method: str) -> pd.DataFrame:
@@ -104,10 +105,10 @@ def _xy(coords: pd.DataFrame, method: str) -> pd.DataFrame:
 
 def load_map(run_dir: Path, part: str, method: str = "umap-learn") -> pd.DataFrame:
     """One map's coordinates of the labelled part or the core, as written by :func:`save_maps`."""
-    path = Path(run_dir) / "tables" / f"04_maps_{part}.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run notebook 04 first")
-    return pd.read_parquet(path)[[f"{method}_x", f"{method}_y"]]
+    table = read_part_tables(run_dir, MAPS_TABLE)[part]
+    if table is None:
+        raise FileNotFoundError(f"notebook 04 wrote no {part} map in {run_dir}")
+    return table[[f"{method}_x", f"{method}_y"]]
 
 
 def metrics(comparison: pd.DataFrame, loco_table: pd.DataFrame, clusters: CoreClusters) -> dict[str, Any]:

@@ -158,6 +158,8 @@ def runs_root() -> Path:
 
 
 LATEST_POINTER = "LATEST"
+# Files the runner writes into a fresh run directory before notebook 00 starts.
+_RUNNER_FILES = frozenset({"params.yaml", "environment.json", "notebooks"})
 
 
 def start_run(run_dir: Path | str = "", name: str = "") -> Path:
@@ -187,10 +189,6 @@ def continue_run(run_dir: Path | str = "") -> Path:
     return path
 
 
-# Files the runner writes into a fresh run directory before notebook 00 starts.
-_RUNNER_FILES = frozenset({"params.yaml", "environment.json", "notebooks"})
-
-
 def record_stage(run_dir: Path | str, stage: str, cfg: Any) -> Path:
     """Save a notebook stage's resolved config as ``params/<stage>.yaml`` in the run directory."""
     from .config import to_dict
@@ -206,3 +204,22 @@ def copy_into(run_dir: Path | str, source: Path | str, relative: str) -> Path:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
     return target
+
+
+PARTS = ("labelled", "core")
+
+
+def write_part_tables(run_dir: Path | str, name: str, parts: dict[str, Any]) -> dict[str, Path]:
+    """Write one model's per-particle tables as ``tables/<name>_<part>.parquet`` (parts that are None skipped)."""
+    return {part: atomic_write_table(frame, Path(run_dir) / "tables" / f"{name}_{part}.parquet")
+            for part, frame in parts.items() if frame is not None}
+
+
+def read_part_tables(run_dir: Path | str, name: str) -> dict[str, Any]:
+    """Read what :func:`write_part_tables` wrote: the labelled table must exist, the core's may not."""
+    import pandas as pd
+
+    tables = {part: Path(run_dir) / "tables" / f"{name}_{part}.parquet" for part in PARTS}
+    if not tables["labelled"].exists():
+        raise FileNotFoundError(f"{tables['labelled']} is missing: run the notebook that writes {name!r} first")
+    return {part: pd.read_parquet(path) if path.exists() else None for part, path in tables.items()}

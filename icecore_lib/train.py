@@ -91,6 +91,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def batch_options(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """The keyword arguments every batch source of a training stage shares (device resolved once)."""
+    return dict(batch_size=cfg.batch_size, seed=cfg.seed, device=resolve_device(cfg.device),
+                num_workers=cfg.num_workers, progress=progress)
+
+
 @dataclass(frozen=True)
 class History:
     """What fit returns: the per-epoch metrics, the best epoch, whether early stopping ended training."""
