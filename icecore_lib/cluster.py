@@ -34,12 +34,20 @@ def _labels(values: Labels, n: int, name: str) -> np.ndarray:
     return arr
 
 
-def cluster_hdbscan(Y: ArrayOrFrame, min_cluster_size: int = 20, min_samples: int | None = None) -> ArrayOrFrame:
-    """HDBSCAN cluster ids (-1 = noise); a DataFrame in gives a Series on its particle_id index."""
+def cluster_hdbscan(Y: ArrayOrFrame, min_cluster_size: int = 20, min_samples: int | None = None,
+                    selection: str = "eom") -> ArrayOrFrame:
+    """HDBSCAN cluster ids (-1 = noise); a DataFrame in gives a Series on its particle_id index.
+
+    ``selection="eom"`` keeps the most persistent (often large) clusters, ``"leaf"`` the leaves of the
+    cluster tree: small homogeneous groups, the scale at which a rare new particle type forms its own.
+    """
     values, index = as_matrix(Y, "Y")
     if len(values) < min_cluster_size:
         raise ValueError(f"Y has {len(values)} points, fewer than min_cluster_size={min_cluster_size}")
-    ids = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples, copy=True).fit_predict(values)
+    if selection not in ("eom", "leaf"):
+        raise ValueError(f"selection must be 'eom' or 'leaf', got {selection!r}")
+    ids = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples, cluster_selection_method=selection,
+                  copy=True).fit_predict(values)
     return ids if index is None else pd.Series(ids, index=index, name="cluster")
 
 
@@ -176,14 +184,19 @@ def describe_clusters(
     *,
     k: int = 10,
     far_quantile: float = 0.99,
+    excess: Labels | None = None,
+    excess_null: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One row per cluster (noise excluded): size, nearest training class, and whether it lies far from training.
+    """One row per cluster (noise excluded): size, nearest training class, and whether it is flagged as new.
 
     ``nearest_class`` is the majority vote of the members' ``k`` nearest training points (``vote_share`` its
     share); ``relative_distance`` is the distance between the cluster's and that class's centroids over the
     class's own spread (RMS distance of its points to its centroid). ``far_from_training`` is set when the
     members' median distance to their nearest training point exceeds the ``far_quantile`` of the training
-    points' own nearest-neighbour distances. ``dominant_truth`` / ``truth_share`` need ``truth``.
+    points' own nearest-neighbour distances. With ``excess`` (each point's :class:`~icecore_lib.novelty.CoreExcess`
+    score) and its null distribution ``excess_null``, ``median_excess`` is the members' median and
+    ``crowd_in_core`` is set when it exceeds the ``far_quantile`` of the null: the core holds a crowd there that
+    the training set lacks. ``flagged`` is either. ``dominant_truth`` / ``truth_share`` need ``truth``.
     """
     values, _ = as_matrix(X)
     train, _ = as_matrix(X_train, "X_train")
@@ -192,6 +205,10 @@ def describe_clusters(
     truth_arr = None if truth is None else _labels(truth, len(values), "truth").astype(str)
     index = NearestNeighbors(n_neighbors=max(k, 2)).fit(train)
     threshold = float(np.quantile(index.kneighbors(train, n_neighbors=2)[0][:, 1], far_quantile))
+    excess_arr = None if excess is None else _labels(excess, len(values), "excess").astype(np.float64)
+    if (excess_arr is None) != (excess_null is None):
+        raise ValueError("pass excess and excess_null together")
+    crowd_threshold = None if excess_null is None else float(np.quantile(excess_null, far_quantile))
     centroids, spreads = _class_geometry(train, y_train)
     dist, idx = index.kneighbors(values, n_neighbors=k)
     rows = []
@@ -210,11 +227,16 @@ def describe_clusters(
             "median_nn_distance": median_nn,
             "far_from_training": median_nn > threshold,
         }
+        if excess_arr is not None:
+            row["median_excess"] = float(np.median(excess_arr[members]))
+            row["crowd_in_core"] = row["median_excess"] > crowd_threshold
+        row["flagged"] = row["far_from_training"] or row.get("crowd_in_core", False)
         if truth_arr is not None:
             shares = pd.Series(truth_arr[members]).value_counts(normalize=True)
             row |= {"dominant_truth": str(shares.index[0]), "truth_share": float(shares.iloc[0])}
         rows.append(row)
-    columns = [*_CLUSTER_COLUMNS, *([] if truth_arr is None else ["dominant_truth", "truth_share"])]
+    columns = [*_CLUSTER_COLUMNS, *([] if excess_arr is None else ["median_excess", "crowd_in_core"]), "flagged",
+               *([] if truth_arr is None else ["dominant_truth", "truth_share"])]
     return pd.DataFrame(rows, columns=columns).set_index("cluster")
 
 

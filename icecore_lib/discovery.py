@@ -45,21 +45,21 @@ def _inputs(cnn: classify.ClassifierOutputs, ae: autoencode.AEOutputs, meta: spa
                          "meta": meta.labelled if part == "labelled" else meta.core})
 
 
-def run_inputs(run_dir: Path, bundle: DatasetBundle, cfg: DiscoveryConfig) -> dict[str, ScorerInputs]:
-    """Scorer inputs of the labelled part and the core from the run's notebook 02-03 models."""
+def run_inputs(run_dir: Path, bundle: DatasetBundle, cfg: DiscoveryConfig, meta: spaces.Space) -> dict[str, ScorerInputs]:
+    """Scorer inputs of the labelled part and the core from the run's notebook 02-03 models and a metadata space."""
     cnn = classify.load_outputs(run_dir, spaces.core_model_name(run_dir))
     ae = autoencode.load_outputs(run_dir, cfg.ae_latent)
-    meta = spaces.metadata_space(bundle)
     return {part: _inputs(cnn, ae, meta, part) for part in ("labelled", "core")}
 
 
 def fit_scorer(inputs: ScorerInputs, table: pd.DataFrame, cfg: DiscoveryConfig, exclude: tuple[str, ...] = (),
-               progress: bool = True) -> novelty.NoveltyScorer:
+               combine: list[str] | None = None, progress: bool = True) -> novelty.NoveltyScorer:
     """Fit every detector on the training split (minus excluded classes), with labels for Mahalanobis."""
     train = table.index[(table[SPLIT] == "train") & ~table[LABEL].isin(exclude)]
     fitted = inputs.rows(train)
-    return novelty.NoveltyScorer(k=cfg.k_neighbors, quantile=cfg.flag_quantile, progress=progress).fit(
-        fitted.logits, fitted.recon, fitted.embeddings, labels=table.loc[train, LABEL])
+    return novelty.NoveltyScorer(k=cfg.k_neighbors, quantile=cfg.flag_quantile, combine=combine,
+                                 progress=progress).fit(fitted.logits, fitted.recon, fitted.embeddings,
+                                                        labels=table.loc[train, LABEL])
 
 
 def score(scorer: novelty.NoveltyScorer, inputs: ScorerInputs) -> pd.DataFrame:
@@ -82,6 +82,12 @@ class HoldoutScores:
     holdout: str
     scores: pd.DataFrame
     is_novel: pd.Series
+    percentiles: pd.DataFrame  # each score's percentile rank against the fold's training reference
+
+    def recombined(self, names: list[str]) -> HoldoutScores:
+        """The same fold with its combined rank averaged over ``names`` only."""
+        scores = self.scores.assign(combined_rank=self.percentiles[names].mean(axis=1))
+        return HoldoutScores(self.holdout, scores, self.is_novel, self.percentiles)
 
 
 def holdout_scores(run_dir: Path, bundle: DatasetBundle, cfg: DiscoveryConfig, holdout: str,
@@ -96,7 +102,44 @@ def holdout_scores(run_dir: Path, bundle: DatasetBundle, cfg: DiscoveryConfig, h
     inputs = _inputs(fold.cnn, fold.ae, meta, "labelled")
     scorer = fit_scorer(inputs, table, cfg, exclude=(holdout,), progress=progress)
     query = table.index[table[SPLIT] == "test"]
-    return HoldoutScores(holdout, score(scorer, inputs.rows(query)), (table.loc[query, LABEL] == holdout).rename("is_novel"))
+    scores = score(scorer, inputs.rows(query))
+    return HoldoutScores(holdout, scores, (table.loc[query, LABEL] == holdout).rename("is_novel"),
+                         scorer.percentiles(scores[scorer.score_names_]))
+
+
+def score_shift(scorer: novelty.NoveltyScorer, inputs: dict[str, ScorerInputs], table: pd.DataFrame) -> pd.Series:
+    """How far the lab -> core acquisition shift moves each score, label-free, in percentile points.
+
+    Per predicted class: median percentile of the core particles minus that of the lab's test particles;
+    the median over classes summarises (a new type hiding in one class cannot move it). A score that moves
+    here responds to the instrument session, and would fill the top of a core ranking with it.
+    """
+    test = table.index[table[SPLIT] == "test"]
+    parts = {"core": inputs["core"], "test": inputs["labelled"].rows(test)}
+    medians = {}
+    for name, part in parts.items():
+        pct = scorer.percentiles(score(scorer, part)[scorer.score_names_])
+        medians[name] = pct.groupby(part.logits.to_numpy().argmax(axis=1)).median()
+    return (medians["core"] - medians["test"]).median(axis=0).rename("acquisition_shift")
+
+
+def choose_scores(loco_novelty: pd.DataFrame, shift: pd.Series, margin: float, max_shift: float) -> pd.DataFrame:
+    """Which scores the combined rank averages: stable under the acquisition shift, and near the best on LOCO.
+
+    The leave-one-class-out folds have no acquisition shift (held-out classes come from lab sessions), so they
+    rank scores by how well they separate a new class but cannot see how a score reacts to the core's sessions;
+    ``score_shift`` can. Kept: ``|shift| <= max_shift`` and a mean LOCO AUROC within ``margin`` of the best such
+    score (averaging in clearly weaker scores adds their false alarms). The folds choose, so their own
+    combined-rank row is optimistic; the core is the independent check.
+    """
+    auroc = loco_novelty.loc["mean"].xs("auroc", level="metric").drop("combined_rank", errors="ignore")
+    table = pd.DataFrame({"loco_auroc": auroc, "acquisition_shift": shift.reindex(auroc.index)})
+    table["stable"] = table["acquisition_shift"].abs() <= max_shift
+    if not table["stable"].any():
+        raise ValueError(f"every score shifts by more than {max_shift} between lab and core: raise max_score_shift")
+    best = table.loc[table["stable"], "loco_auroc"].max()
+    table["chosen"] = table["stable"] & (table["loco_auroc"] >= best - margin)
+    return table.sort_values("loco_auroc", ascending=False).rename_axis("score")
 
 
 def holdouts_in_run(run_dir: Path) -> list[str]:
@@ -132,10 +175,10 @@ def flagged_by_sample(unknown: pd.Series, core: pd.DataFrame) -> pd.DataFrame:
 
 
 def candidate_clusters(scored: pd.DataFrame, summary: pd.DataFrame, min_size: int = 5) -> list[int]:
-    """Core clusters worth a discovery card: far from training, else the highest mean combined rank first."""
+    """Core clusters worth a discovery card: flagged ones (far from training, or a crowd it lacks) first, then by mean combined rank."""
     ranks = scored[scored["cluster"] >= 0].groupby("cluster")["combined_rank"].agg(["mean", "size"])
-    ranks = ranks[ranks["size"] >= min_size].join(summary["far_from_training"])
-    ranks = ranks.sort_values(["far_from_training", "mean"], ascending=False)
+    ranks = ranks[ranks["size"] >= min_size].join(summary["flagged"])
+    ranks = ranks.sort_values(["flagged", "mean"], ascending=False)
     return [int(c) for c in ranks.index[:3]]
 
 
@@ -145,10 +188,11 @@ def nearest_class_rows(summary: pd.DataFrame, cluster: int, table: pd.DataFrame)
     return nearest, table[(table[SPLIT] == "train") & (table[LABEL] == nearest)]
 
 
-def summary_metrics(new_class: pd.DataFrame | None, loco_novelty: pd.DataFrame, threshold: novelty.UnknownThreshold,
-                    flagged_fraction: float) -> dict:
+def summary_metrics(new_class: pd.DataFrame | None, loco_novelty: pd.DataFrame, combined: list[str],
+                    threshold: novelty.UnknownThreshold, flagged_fraction: float) -> dict:
     """Notebook 05's numbers for metrics.json."""
     metrics = {"loco_mean": loco_novelty.loc["mean"].unstack().to_dict(orient="index"),
+               "combined_rank_scores": combined,
                "unknown_threshold": {"combined_rank": threshold.threshold, "tpr": threshold.tpr, "fpr": threshold.fpr},
                "core_flagged_unknown_fraction": flagged_fraction}
     if new_class is not None:

@@ -13,6 +13,7 @@ from .cluster import cluster_hdbscan, describe_clusters
 from .config import EmbedConfig
 from .embed import Timer, UMAPReducer, compare_embeddings
 from .models.pumap import ParametricUMAP
+from .novelty import CoreExcess
 from .runs import read_part_tables, write_part_tables
 from .schema import LABEL, SPLIT
 from .spaces import Space
@@ -64,25 +65,38 @@ class CoreClusters:
     """HDBSCAN clusters of the core on a map fitted jointly with the training split, and what each one is."""
 
     clusters: pd.Series  # cluster id per core particle (-1 = noise)
-    summary: pd.DataFrame  # one row per cluster: size, nearest training class, far_from_training, truth
+    summary: pd.DataFrame  # one row per cluster: size, nearest training class, flags (far, crowd), truth
     core_map: pd.DataFrame
     train_map: pd.DataFrame
 
 
-def cluster_core(space: Space, table: pd.DataFrame, cfg: EmbedConfig, truth: pd.Series | None = None) -> CoreClusters:
-    """Map core and training particles together (the core keeps its own structure), cluster the core points."""
+def cluster_core(space: Space, table: pd.DataFrame, core_pred: pd.Series, cfg: EmbedConfig,
+                 truth: pd.Series | None = None) -> CoreClusters:
+    """Map core and training particles together (the core keeps its own structure), cluster the core points.
+
+    Each cluster is described in the space itself: nearest training class, distance from training, and the
+    members' median core excess (a crowd the training set lacks; groups = notebook 02's predicted classes).
+    """
     if space.core is None:
         raise ValueError("this dataset has no core part to cluster")
     train = space.labelled.loc[table.index[table[SPLIT] == "train"]]
     joint = UMAPReducer(cfg.n_neighbors, cfg.min_dist, random_state=cfg.seed).fit_transform(
         pd.concat([train, space.core]))
     train_map, core_map = joint.iloc[: len(train)], joint.iloc[len(train):]
-    labels = cluster_hdbscan(core_map.to_numpy(), cfg.min_cluster_size)
+    labels = cluster_hdbscan(core_map.to_numpy(), cfg.min_cluster_size, selection=cfg.cluster_selection)
     clusters = pd.Series(np.asarray(labels), index=space.core.index, name=CLUSTER)
-    summary = describe_clusters(space.core.to_numpy(), clusters.to_numpy(), train.to_numpy(),
-                                table.loc[train.index, LABEL].to_numpy(),
-                                truth.reindex(space.core.index).to_numpy() if truth is not None else None)
+    y_train = table.loc[train.index, LABEL].to_numpy()
+    excess = CoreExcess(seed=cfg.seed).fit(train.to_numpy(), y_train)
+    core_excess = excess.score(space.core.to_numpy(), core_pred.reindex(space.core.index).to_numpy())
+    summary = describe_clusters(space.core.to_numpy(), clusters.to_numpy(), train.to_numpy(), y_train,
+                                truth.reindex(space.core.index).to_numpy() if truth is not None else None,
+                                excess=core_excess, excess_null=excess.train_scores_)
     return CoreClusters(clusters, summary, core_map, train_map)
+
+
+def gallery_clusters(summary: pd.DataFrame, n: int = 12) -> list[int]:
+    """The clusters worth a look first: flagged ones, then the largest (at most ``n``)."""
+    return [int(c) for c in summary.sort_values(["flagged", "size"], ascending=False).index[:n]]
 
 
 def layout(points: pd.DataFrame, cfg: EmbedConfig) -> pd.DataFrame:
@@ -118,5 +132,5 @@ def metrics(comparison: pd.DataFrame, loco_table: pd.DataFrame, clusters: CoreCl
         "map_comparison": comparison.to_dict(orient="index"),
         "loco": {f"{h}/{s}": row for (h, s), row in loco_table.to_dict(orient="index").items()},
         "core_clusters": {"n_clusters": int(len(summary)), "noise_fraction": float((clusters.clusters < 0).mean()),
-                          "flagged_far": summary.reset_index().loc[summary["far_from_training"].to_numpy()].to_dict(orient="records")},
+                          "flagged": summary.reset_index().loc[summary["flagged"].to_numpy()].to_dict(orient="records")},
     }

@@ -10,7 +10,9 @@ Score families, one column each in :meth:`NoveltyScorer.score`'s table:
 - reconstruction: ``recon`` (the autoencoder's per-particle loss, passed in);
 - embedding: ``knn_<space>`` (:class:`KNNDistance`) and ``maha_<space>`` (:class:`ClassMahalanobis`) for each
   embedding (CNN penultimate layer, AE latent, standardised metadata), ``knn_<map>`` for a 2-D map (UMAP),
-  where Gaussians mean little and only the distance to the nearest training points is used.
+  where Gaussians mean little and only the distance to the nearest training points is used;
+- group: ``excess_<space>`` (:class:`CoreExcess`): how much denser the scored set is around a particle than the
+  training set, the signature of a new *class* (many similar particles) rather than a one-off oddity.
 """
 
 from __future__ import annotations
@@ -162,6 +164,66 @@ class ClassMahalanobis:
         return np.maximum(d2.min(axis=1), 0.0)
 
 
+class CoreExcess:
+    """Local excess of the scored set's density over the training density: a new class is a crowd, not a stray.
+
+    Score = log(mean distance to the ``k`` nearest training points) - log(mean distance to the ``k`` nearest
+    OTHER points of the scored set), a k-NN estimate of the log density ratio p_scored / p_train (the
+    "inlier-based outlier detection" of Hido et al. 2011, turned around: here the scored set's crowds are
+    the target). Pointwise distances flag every odd particle (cut edges, doubles, the diverse contamination
+    class); a planted or real new type forms its own crowd in the scored set that the training set lacks.
+
+    The class prior of the scored set differs from training (an ice core is mostly dust), which inflates the
+    ratio of a whole class; scores are therefore centred on the median of their ``groups`` (pass each particle's
+    predicted class), so a crowd stands out against the rest of the class it is mistaken for. The scored set is
+    the reference of its own scores: score a whole core, not a handful of particles.
+
+    ``train_scores_`` is a null distribution: the fit data split in two halves, one scored as a set against the
+    other, where no class is new.
+    """
+
+    def __init__(self, k: int = 10, seed: int = 0, progress: bool = True) -> None:
+        self.k = k
+        self.seed = seed
+        self.progress = progress
+
+    def fit(self, X: np.ndarray, groups: np.ndarray | None = None) -> CoreExcess:
+        """Index the training embeddings and record the null scores of one half scored against the other."""
+        X = np.asarray(X, dtype=np.float32)
+        if len(X) < 4 * (self.k + 1):
+            raise ValueError(f"CoreExcess needs at least {4 * (self.k + 1)} training points for k={self.k}, got {len(X)}")
+        groups = _groups(groups, len(X))
+        half = np.random.default_rng(self.seed).permutation(len(X)) < len(X) // 2
+        null = CoreExcess(self.k, progress=False)
+        null.nn_ = NearestNeighbors(n_neighbors=self.k).fit(X[half])
+        self.train_scores_ = null.score(X[~half], groups[~half])
+        self.nn_ = NearestNeighbors(n_neighbors=self.k).fit(X)
+        return self
+
+    def score(self, X: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        """Excess of each particle of the set ``X`` (higher = in a crowd the training set lacks); no refit."""
+        X = np.asarray(X, dtype=np.float32)
+        if len(X) <= self.k:
+            raise ValueError(f"CoreExcess scores a set of more than k={self.k} particles, got {len(X)}")
+        groups = _groups(groups, len(X))
+        own = NearestNeighbors(n_neighbors=self.k + 1).fit(X)
+        d_train = _batched(lambda b: self.nn_.kneighbors(b)[0].mean(axis=1), X, "excess: training", self.progress)
+        d_own = _batched(lambda b: own.kneighbors(b)[0][:, 1:].mean(axis=1), X, "excess: own set", self.progress)
+        tiny = np.finfo(np.float32).eps * max(float(np.median(d_train)), 1e-12)
+        ratio = np.log(np.maximum(d_train, tiny)) - np.log(np.maximum(d_own, tiny))
+        return ratio - pd.Series(ratio).groupby(groups).transform("median").to_numpy()
+
+
+def _groups(groups: np.ndarray | None, n: int) -> np.ndarray:
+    """Group labels for centring (one group when none are given), checked against the number of points."""
+    if groups is None:
+        return np.zeros(n, dtype=np.int64)
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"groups must have one entry per point ({n}), got shape {groups.shape}")
+    return groups
+
+
 def _batched(fn: Callable[[np.ndarray], np.ndarray], X: np.ndarray, desc: str, progress: bool) -> np.ndarray:
     """Apply a row-wise scoring function in batches (bounded memory) with a progress bar."""
     starts = range(0, len(X), BATCH)
@@ -182,9 +244,12 @@ class NoveltyScorer:
     split): training logits and losses are over-confident. A score whose input is left out of ``score``
     is left out of its table and of the combined rank.
 
+    Each embedding also gets a group score ``excess_<space>`` (:class:`CoreExcess`, centred per predicted class
+    when logits are given); it needs the whole scored set (more than ``k`` particles, else it is left out).
+
     ``score`` returns one column per score, then:
 
-    - ``combined_rank``: mean over scores of each score's percentile rank. ``reference="train"`` (default)
+    - ``combined_rank``: mean over scores (those named in ``combine``, default all) of each score's percentile rank. ``reference="train"`` (default)
       ranks against the fitted training distribution of that score, so a particle's rank does not depend on
       what else is scored and 0.99 means "more novel than 99 % of training particles"; scores above every
       training score all get 1.0. ``reference="scored"`` ranks within the scored set instead (order kept at
@@ -199,6 +264,7 @@ class NoveltyScorer:
         quantile: float = 0.01,
         reference: Literal["train", "scored"] = "train",
         shrinkage: float | Literal["auto"] = "auto",
+        combine: Sequence[str] | None = None,
         progress: bool = True,
     ) -> None:
         if reference not in ("train", "scored"):
@@ -209,6 +275,7 @@ class NoveltyScorer:
         self.quantile = quantile
         self.reference = reference
         self.shrinkage = shrinkage
+        self.combine = combine
         self.progress = progress
 
     def fit(
@@ -224,6 +291,7 @@ class NoveltyScorer:
         _check_space_names(embeddings, maps)
         self.knn_: dict[str, KNNDistance] = {}
         self.maha_: dict[str, ClassMahalanobis] = {}
+        self.excess_: dict[str, CoreExcess] = {}
         self.train_scores_: dict[str, np.ndarray] = {}
         if logits is not None:
             self.train_scores_.update({c: s.to_numpy() for c, s in classifier_scores(logits).items()})
@@ -241,6 +309,11 @@ class NoveltyScorer:
                 maha = ClassMahalanobis(self.shrinkage, self.progress).fit(_finite(table, name), y)
                 self.maha_[name] = maha
                 self.train_scores_[f"maha_{name}"] = maha.train_scores_
+        for name, table in embeddings.items():
+            groups = _predicted(logits, table.index, "logits") if logits is not None else None
+            excess = CoreExcess(self.k, progress=self.progress).fit(_finite(table, name), groups)
+            self.excess_[name] = excess
+            self.train_scores_[f"excess_{name}"] = excess.train_scores_
         if not self.train_scores_:
             raise ValueError("NoveltyScorer.fit got no inputs: pass logits, recon, embeddings or maps")
         self.score_names_ = list(self.train_scores_)
@@ -272,6 +345,9 @@ class NoveltyScorer:
             columns[f"knn_{name}"] = self._detector(self.knn_, name).score(values)
             if name in self.maha_:
                 columns[f"maha_{name}"] = self.maha_[name].score(values)
+        groups = _predicted(logits, index, "logits") if logits is not None else None
+        for name in [n for n in embeddings if n in self.excess_ and len(index) > self.k]:
+            columns[f"excess_{name}"] = self.excess_[name].score(_finite(_aligned(embeddings[name], index, name), name), groups)
         unfitted = sorted(set(columns) - set(self.score_names_))
         if unfitted:
             raise ValueError(f"score() got inputs for {unfitted} that fit() did not see")
@@ -294,7 +370,11 @@ class NoveltyScorer:
         top = pct > 1 - self.quantile
         names = np.array(pct.columns)
         flagged = [",".join(names[row]) for row in top.to_numpy()]
-        return scores.assign(combined_rank=pct.mean(axis=1), flagged_by=flagged, n_flags=top.sum(axis=1))
+        combined = list(self.combine) if self.combine else list(pct.columns)
+        missing = sorted(set(combined) - set(pct.columns))
+        if missing:
+            raise ValueError(f"combine names scores this table lacks: {missing}; it has {list(pct.columns)}")
+        return scores.assign(combined_rank=pct[combined].mean(axis=1), flagged_by=flagged, n_flags=top.sum(axis=1))
 
     @staticmethod
     def _detector(detectors: Mapping[str, KNNDistance], name: str) -> KNNDistance:
@@ -302,6 +382,12 @@ class NoveltyScorer:
         if name not in detectors:
             raise ValueError(f"score() got space {name!r} that fit() did not see; fitted: {sorted(detectors)}")
         return detectors[name]
+
+
+def _predicted(logits: pd.DataFrame, index: pd.Index, name: str) -> np.ndarray:
+    """Each particle's predicted class (arg-max column) in the order of ``index``."""
+    values = _finite(_aligned(logits, index, name), name)
+    return np.asarray(logits.columns)[values.argmax(axis=1)]
 
 
 def _train_percentile(values: np.ndarray, sorted_train: np.ndarray) -> np.ndarray:
@@ -461,6 +547,35 @@ def feature_drift(
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("feature").sort_values("psi", ascending=False)
 
 
+def class_conditional_shift(
+    train: pd.DataFrame,
+    train_labels: pd.Series,
+    core: pd.DataFrame,
+    core_pred: pd.Series,
+    min_count: int = 10,
+) -> pd.DataFrame:
+    """Per feature and class: core minus training mean within the same class, in pooled within-class SDs.
+
+    The core's class prior differs from the lab's, so a plain train-vs-core drift mixes "more dust" with "a
+    different instrument setting". Within one (predicted) class only the acquisition is left: a feature that
+    shifts there measures the instrument, not the particle. Classes with fewer than ``min_count`` core
+    particles are left out; column ``median_abs`` summarises each feature over classes (robust to one class
+    hiding a new type), NaN where the feature does not vary within training classes.
+    """
+    labels = _aligned(train_labels, train.index, "train_labels").to_numpy()
+    pred = _aligned(core_pred, core.index, "core_pred").to_numpy()
+    spread = np.sqrt(train.groupby(labels).var(ddof=1).mean(axis=0))
+    counts = pd.Series(pred).value_counts()
+    classes = [c for c in np.unique(labels) if counts.get(c, 0) >= min_count]
+    if not classes:
+        raise ValueError(f"class_conditional_shift: no class has {min_count} core particles predicted")
+    shift = pd.DataFrame({
+        c: (core[pred == c].mean(axis=0) - train[labels == c].mean(axis=0)) / spread.where(spread > 0)
+        for c in classes
+    })
+    return shift.assign(median_abs=shift.abs().median(axis=1, skipna=False)).rename_axis("feature")
+
+
 def _numeric(df: pd.DataFrame, column: str, name: str) -> np.ndarray:
     """A column's non-missing values as floats; names the table and column if it is not numeric."""
     if not pd.api.types.is_numeric_dtype(df[column]):
@@ -524,9 +639,11 @@ def traffic_light_by_group(lights: pd.Series, groups: pd.Series | pd.DataFrame) 
 __all__ = [
     "CLASSIFIER_SCORES",
     "ClassMahalanobis",
+    "CoreExcess",
     "KNNDistance",
     "NoveltyScorer",
     "UnknownThreshold",
+    "class_conditional_shift",
     "classifier_scores",
     "energy_score",
     "entropy_score",

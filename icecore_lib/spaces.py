@@ -1,5 +1,9 @@
 """The embedding spaces later notebooks share: CNN penultimate layer, autoencoder latent, standardised metadata.
 
+The metadata space of a run with a core leaves out the features that shift between lab and core within the
+same class (background level, focus and contrast move intensity and edge features): they measure the
+instrument's session, and would make every core particle look new.
+
 Each space is read from what notebooks 01-03 wrote into the run directory (nothing is retrained), as a pair
 of DataFrames keyed by particle id: the labelled part and the core.
 """
@@ -11,10 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import autoencode, classify
+from . import autoencode, classify, novelty
 from .data import DatasetBundle
 from .runs import read_metrics
+from .schema import LABEL, SPLIT
 from .torchdata import FeatureScaler
+
+CORE_PREDICTIONS = "02_core_predictions.parquet"
 
 
 @dataclass(frozen=True)
@@ -34,11 +41,44 @@ def core_model_name(run_dir: Path) -> str:
     return metrics["core_model"]
 
 
+def core_predictions(run_dir: Path) -> pd.DataFrame:
+    """Notebook 02's per-particle core predictions (predicted class, probabilities, unassigned flag)."""
+    path = Path(run_dir) / "tables" / CORE_PREDICTIONS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run notebook 02 first")
+    return pd.read_parquet(path)
+
+
 def metadata_space(bundle: DatasetBundle) -> Space:
     """The 34 features, log-scaled where skewed and standardised on the training split only."""
     scaler = FeatureScaler().fit(bundle.train.table)
     core = _scaled(scaler, bundle.core.table) if bundle.core is not None else None
     return Space("meta", _scaled(scaler, bundle.train.table), core)
+
+
+def acquisition_shift(space: Space, bundle: DatasetBundle, core_pred: pd.Series) -> pd.DataFrame:
+    """Class-conditional lab -> core shift of each scaled feature (training split vs core, by predicted class)."""
+    if space.core is None:
+        raise ValueError("this dataset has no core part: there is no lab -> core shift to measure")
+    table = bundle.train.table
+    train = table.index[table[SPLIT] == "train"]
+    return novelty.class_conditional_shift(space.labelled.loc[train], table.loc[train, LABEL], space.core, core_pred)
+
+
+def robust_metadata_space(bundle: DatasetBundle, core_pred: pd.Series, max_shift: float) -> tuple[Space, pd.DataFrame]:
+    """The metadata space without the features that measure the instrument rather than the particle.
+
+    A feature is dropped when its median class-conditional shift (``acquisition_shift``) exceeds ``max_shift``
+    pooled within-class SDs, or when it does not vary within the training classes. Distances in the kept
+    features compare particles, not sessions; the shift table (with a ``kept`` column) says what was dropped.
+    """
+    full = metadata_space(bundle)
+    shift = acquisition_shift(full, bundle, core_pred)
+    shift["kept"] = shift["median_abs"] <= max_shift
+    kept = list(shift.index[shift["kept"]])
+    if not kept:
+        raise ValueError(f"every feature shifts by more than {max_shift} SD between lab and core: raise max_shift")
+    return Space("meta", full.labelled[kept], full.core[kept]), shift.sort_values("median_abs", ascending=False)
 
 
 def _scaled(scaler: FeatureScaler, table: pd.DataFrame) -> pd.DataFrame:
@@ -51,12 +91,19 @@ def _latent(table: pd.DataFrame | None) -> pd.DataFrame | None:
     return table.filter(like=autoencode.LATENT_PREFIX) if table is not None else None
 
 
-def load_spaces(run_dir: Path, bundle: DatasetBundle, ae_dim: int) -> dict[str, Space]:
-    """CNN (the core model of notebook 02), AE (latent ``ae_dim`` of notebook 03) and metadata spaces."""
+def run_metadata_space(run_dir: Path, bundle: DatasetBundle, max_shift: float) -> Space:
+    """The run's metadata space: acquisition-robust when there is a core (and notebook 02's predictions), else all features."""
+    if bundle.core is None:
+        return metadata_space(bundle)
+    return robust_metadata_space(bundle, core_predictions(run_dir)["pred"], max_shift)[0]
+
+
+def load_spaces(run_dir: Path, bundle: DatasetBundle, ae_dim: int, max_shift: float) -> dict[str, Space]:
+    """CNN (the core model of notebook 02), AE (latent ``ae_dim`` of notebook 03) and acquisition-robust metadata."""
     cnn = classify.load_outputs(run_dir, core_model_name(run_dir))
     ae = autoencode.load_outputs(run_dir, ae_dim)
     return {
         "cnn": Space("cnn", cnn.labelled_embedding, cnn.core_embedding),
         "ae": Space("ae", _latent(ae.labelled), _latent(ae.core)),
-        "meta": metadata_space(bundle),
+        "meta": run_metadata_space(run_dir, bundle, max_shift),
     }

@@ -94,3 +94,31 @@ def test_describe_clusters_flags_the_far_cluster():
     assert table.loc[[0, 1], "nearest_class"].tolist() == ["camp", "dust"]
     assert table.loc[2, "dominant_truth"] == "diatom" and table.loc[0, "size"] == 37
     assert table.loc[2, "relative_distance"] > 3 * table.loc[0, "relative_distance"]
+
+
+def test_describe_clusters_flags_a_crowd_the_training_set_lacks():
+    X_train, y_train = gaussian_classes({"camp": 0.0, "dust": 10.0}, n=100)
+    X_core, truth = gaussian_classes(MIXED, n=40, seed=1)
+    clusters = np.select([truth == "camp", truth == "dust"], [0, 1], default=2)
+    excess = np.where(truth == "diatom", 1.0, 0.0) + np.random.default_rng(2).normal(0, 0.05, len(truth))
+    null = np.random.default_rng(3).normal(0, 0.1, 500)
+    table = describe_clusters(X_core, clusters, X_train, y_train, truth=truth, excess=excess, excess_null=null)
+    assert table["far_from_training"].tolist() == [False, False, False]  # the new type sits among camp
+    assert table["crowd_in_core"].tolist() == [False, False, True]
+    assert table["flagged"].tolist() == [False, False, True]
+    assert table.loc[2, "median_excess"] == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(ValueError, match="together"):
+        describe_clusters(X_core, clusters, X_train, y_train, excess=excess)
+
+
+def test_leaf_selection_keeps_a_tight_group_at_the_edge_of_a_big_one_as_its_own_cluster():
+    rng = np.random.default_rng(0)
+    big = rng.normal(0, 1, (300, 2))
+    small = rng.normal(0, 0.1, (40, 2)) + np.array([2.2, 0.0])  # a tight group at the edge of a big one
+    Y = np.vstack([big, small])
+    leaf = cluster_hdbscan(Y, min_cluster_size=20, selection="leaf")
+    in_small = pd.Series(leaf[300:]).value_counts()
+    assert in_small.index[0] >= 0 and in_small.iloc[0] >= 30
+    assert (leaf[:300] == in_small.index[0]).sum() < 10
+    with pytest.raises(ValueError, match="selection"):
+        cluster_hdbscan(Y, selection="tree")

@@ -207,3 +207,84 @@ def test_traffic_light_levels_and_per_sample_summary() -> None:
     summary = nov.traffic_light_by_group(lights, pd.Series(["s1", "s2", "s2", "s1"], index=ids, name="sample_id"))
     assert summary.loc["s1", ["n", "green", "amber", "red"]].tolist() == [2, 0.5, 0.0, 0.5]
     assert summary.loc["s2", "amber"] == 0.5
+
+
+def _crowd_and_strays(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Training (two classes), and a core: known particles, a tight crowd of a new type, scattered strays.
+
+    The crowd sits closer to training than the strays do: pointwise distance ranks the strays first, a
+    score for a new *class* must rank the crowd first.
+    """
+    rng = np.random.default_rng(seed)
+    X_train, y_train = _blobs(seed, n=100)
+    known, _ = _blobs(seed + 1, n=100)
+    crowd = rng.normal(0, 0.15, (30, X_train.shape[1])) + np.array([2.0, -2.0, 2.0, -2.0, 2.0, -2.0])
+    strays = rng.normal(0, 1, (30, X_train.shape[1])) * 6 + 2
+    return X_train, y_train, np.vstack([known, crowd, strays]), np.repeat([0, 1, 2], [200, 30, 30])
+
+
+def test_core_excess_ranks_a_crowd_above_scattered_strays_and_pointwise_distance_does_not() -> None:
+    X_train, y_train, X_core, kind = _crowd_and_strays()
+    excess = nov.CoreExcess(k=5, progress=False).fit(X_train, y_train).score(X_core)
+    knn = nov.KNNDistance(k=5, progress=False).fit(X_train).score(X_core)
+    assert set(np.argsort(-excess)[:30]) == set(np.flatnonzero(kind == 1))
+    assert np.median(knn[kind == 2]) > np.median(knn[kind == 1])  # the strays are farther, pointwise
+    assert np.median(excess[kind == 0]) == pytest.approx(0.0, abs=0.1)
+
+
+def test_core_excess_null_is_centred_and_groups_remove_a_class_prior_shift() -> None:
+    X_train, y_train = _blobs(0, n=200)
+    detector = nov.CoreExcess(k=5, progress=False).fit(X_train, y_train)
+    assert abs(np.median(detector.train_scores_)) < 0.05
+    # a core of class a only, ten times denser than class a in training: every particle looks "in excess"
+    # unless it is centred within its (predicted) group, when nothing stands out
+    core = np.random.default_rng(5).normal(0, 1, (2000, X_train.shape[1]))
+    raw = detector.score(np.vstack([core, X_train[y_train == "b"]]))
+    centred = detector.score(np.vstack([core, X_train[y_train == "b"]]), np.repeat(["a", "b"], [2000, 200]))
+    assert np.median(raw[:2000]) > np.median(raw[2000:]) + 0.2
+    assert abs(np.median(centred[:2000])) < 1e-6 and abs(np.median(centred[2000:])) < 1e-6
+    with pytest.raises(ValueError, match="more than k=5"):
+        detector.score(core[:5])
+    with pytest.raises(ValueError, match="one entry per point"):
+        detector.score(core, np.zeros(3))
+
+
+def test_scorer_adds_the_excess_score_and_combines_only_the_named_scores() -> None:
+    X_train, y_train, X_core, kind = _crowd_and_strays()
+    train_ids, core_ids = _ids("train", len(X_train)), _ids("core", len(X_core))
+    inputs = _inputs(X_train, train_ids, 0)
+    scorer = nov.NoveltyScorer(k=5, progress=False).fit(**inputs, labels=pd.Series(y_train, index=train_ids))
+    core_inputs = _inputs(X_core, core_ids, 1)
+    everything = scorer.score(**core_inputs)
+    assert "excess_cnn" in everything and "excess_umap" not in everything  # maps get no group score
+    scorer.combine = ["excess_cnn", "knn_cnn"]
+    chosen = scorer.score(**core_inputs)
+    pct = scorer.percentiles(chosen[["excess_cnn", "knn_cnn"]])
+    np.testing.assert_allclose(chosen["combined_rank"], pct.mean(axis=1))
+    scorer.combine = ["excess_cnn"]
+    assert set(scorer.score(**core_inputs)["combined_rank"].nlargest(30).index) == set(core_ids[kind == 1])
+    scorer.combine = ["excess_ae"]
+    with pytest.raises(ValueError, match="excess_ae"):
+        scorer.score(**core_inputs)
+    few = _inputs(X_core[:4], core_ids[:4], 1)
+    scorer.combine = None
+    assert "excess_cnn" not in scorer.score(**few)  # too few particles to be their own reference
+
+
+def test_class_conditional_shift_sees_the_instrument_not_the_class_prior() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b"], 300)
+    train = pd.DataFrame({"size": np.where(labels == "a", 0.0, 5.0) + rng.normal(0, 1, 600),
+                          "gray": rng.normal(0, 1, 600)}, index=_ids("train", 600))
+    # the core is 90% class b (a prior shift that moves "size" overall) and 1.5 SD darker in every class
+    core_labels = np.repeat(["a", "b"], [60, 540])
+    core = pd.DataFrame({"size": np.where(core_labels == "a", 0.0, 5.0) + rng.normal(0, 1, 600),
+                         "gray": rng.normal(-1.5, 1, 600)}, index=_ids("core", 600))
+    shift = nov.class_conditional_shift(train, pd.Series(labels, index=train.index), core,
+                                        pd.Series(core_labels, index=core.index))
+    assert shift.loc["gray", "median_abs"] == pytest.approx(1.5, abs=0.25)
+    assert shift.loc["size", "median_abs"] < 0.25
+    assert nov.feature_drift(train, core, ["size"]).loc["size", "smd"] > 0.5  # the plain drift mixes them
+    with pytest.raises(ValueError, match="no class has 1000"):
+        nov.class_conditional_shift(train, pd.Series(labels, index=train.index), core,
+                                    pd.Series(core_labels, index=core.index), min_count=1000)

@@ -78,3 +78,22 @@ def feature_distributions(
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     return save(fig, path)
+
+
+def class_conditional_shift(shift: pd.DataFrame, max_shift: float, names: dict[str, str] | None = None,
+                            path: Path | str | None = None) -> Figure:
+    """Heat map of each feature's lab -> core shift within each predicted class (SDs); dropped features marked."""
+    classes = [c for c in shift.columns if c not in ("median_abs", "kept")]
+    ordered = shift.sort_values("median_abs", ascending=False)
+    values = ordered[classes].to_numpy(dtype=float)
+    limit = max(float(np.nanmax(np.abs(values))), max_shift) if np.isfinite(values).any() else 1.0
+    fig = Figure(figsize=(0.8 * len(classes) + 4.5, 0.24 * len(ordered) + 1.5), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    labels = [f"{f}  (dropped)" if "kept" in ordered and not ordered.loc[f, "kept"] else f for f in ordered.index]
+    ax.set_yticks(range(len(ordered)), labels, fontsize=7)
+    ax.set_xticks(range(len(classes)), [display_name(c, names) for c in classes], rotation=30, ha="right", fontsize=8)
+    ax.set_title(f"Core minus lab, same predicted class (pooled within-class SDs); dropped if median |shift| > {max_shift}",
+                 fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.6)
+    return save(fig, path)
