@@ -5,21 +5,29 @@
 ``meta.json``. The key is a sha256 of the CSVs, the image listing (zip CRCs / file sizes and mtimes),
 the manifest settings that shape the table, the image size and ``PACK_FORMAT_VERSION``: edit a CSV and
 you get a new key; call again with the same data and the pack is reused without decoding anything.
+A pack in progress lives in ``.<key>.partial/`` with a journal of finished chunks: an interrupted pack
+resumes where it stopped, and a lock makes a second process packing the same data wait and reuse it.
 Splits (train/val/test) are stored beside it under ``splits/``, keyed by their parameters.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:  # POSIX (Linux, macOS, Colab); elsewhere two processes packing the same data at once is not guarded
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 import numpy as np
 import pandas as pd
@@ -34,6 +42,7 @@ PACK_FORMAT_VERSION = 1
 SPLIT_VERSION = 1
 SPLITS = ("train", "val", "test")
 _COPY_ROWS = 4096
+_STAMP = "started_for.sha256"
 
 
 @dataclass(frozen=True)
@@ -71,7 +80,9 @@ def pack_part(
     dest = Path(cache_dir) / "packed" / pack_key(inspection, image_size)
     if not dest.is_dir():
         _check_strict(inspection.report, skip_bad)
-        _build(inspection, image_size, dest, skip_bad=skip_bad, workers=workers, progress=progress)
+        with _exclusive(dest):
+            if not dest.is_dir():
+                _build(inspection, image_size, dest, skip_bad=skip_bad, workers=workers, progress=progress)
     packed = load_packed(dest)
     _check_strict(packed.report, skip_bad)
     if not packed.report.ok:
@@ -113,32 +124,63 @@ def _check_strict(report: CheckReport, skip_bad: bool) -> None:
 
 
 def _build(inspection: Inspection, size: int, dest: Path, *, skip_bad: bool, workers: int, progress: bool) -> None:
-    """Decode into a temp folder next to ``dest``, then rename it (nothing half-written is ever visible)."""
+    """Decode into ``.<key>.partial`` next to ``dest``, then rename it (nothing half-written is ever visible).
+
+    The partial folder survives an interruption (Ctrl-C, a lost Colab runtime): its journal records every
+    finished chunk, and the next call decodes only the rest. It is started afresh when the particle list or
+    the image size differ from what it was started with.
+    """
     table = inspection.table(drop=inspection.report.bad_ids)
     if table.empty:
         raise DataError(inspection.report, f"{inspection.part.name}: no particle left to pack")
+    partial = dest.with_name(f".{dest.name}.partial")
+    images_path = partial / "images.npy"
+    _start_partial(partial, list(table.index), size)
+    result = decode_many(inspection.source, list(table.index), out=images_path, workers=workers,
+                         journal=partial / "journal", progress=progress)
+    report = inspection.report.with_problems(decode_problems(result.errors, inspection.source), result.errors)
+    keep = ~table.index.isin(list(result.errors))
+    if not keep.all():
+        _check_strict(report, skip_bad)
+        (partial / _STAMP).unlink()  # from here the array is rewritten: an interruption must start afresh
+        _keep_rows(images_path, keep)
+    table = table[keep].assign(**{ORIG_HEIGHT: result.shapes[keep, 0], ORIG_WIDTH: result.shapes[keep, 1]})
+    table.to_parquet(partial / "table.parquet")
+    report.to_json(partial / "report.json")
+    atomic_write_json(partial / "meta.json", _meta(inspection, size, len(table)))
+    shutil.rmtree(partial / "journal", ignore_errors=True)
+    (partial / _STAMP).unlink(missing_ok=True)
+    _publish(partial, dest)
+
+
+def _start_partial(partial: Path, names: list[str], size: int) -> None:
+    """Reuse a partial pack of the same particles and size; otherwise start an empty one."""
+    stamp = hashlib.sha256(json.dumps([size, names]).encode()).hexdigest()
+    stamp_path = partial / _STAMP
+    if stamp_path.is_file() and stamp_path.read_text() == stamp and (partial / "images.npy").is_file():
+        return
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    np.lib.format.open_memmap(partial / "images.npy", mode="w+", dtype=np.uint8, shape=(len(names), size, size)).flush()
+    stamp_path.write_text(stamp)
+
+
+@contextlib.contextmanager
+def _exclusive(dest: Path) -> Iterator[None]:
+    """Hold an exclusive lock for packing ``dest``: a second process packing the same data waits, then reuses it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        images_path = tmp / "images.npy"
-        np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=(len(table), size, size)).flush()
-        result = decode_many(inspection.source, list(table.index), out=images_path, workers=workers, progress=progress)
-        report = inspection.report.with_problems(decode_problems(result.errors, inspection.source), result.errors)
-        keep = ~table.index.isin(list(result.errors))
-        if not keep.all():
-            _check_strict(report, skip_bad)
-            _keep_rows(images_path, keep)
-        table = table[keep].assign(**{ORIG_HEIGHT: result.shapes[keep, 0], ORIG_WIDTH: result.shapes[keep, 1]})
-        table.to_parquet(tmp / "table.parquet")
-        report.to_json(tmp / "report.json")
-        atomic_write_json(tmp / "meta.json", _meta(inspection, size, len(table)))
-        _publish(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with open(dest.with_name(f".{dest.name}.lock"), "a+") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _publish(tmp: Path, dest: Path) -> None:
-    """Rename the finished temp folder to ``dest``; if another process published the same key first, keep theirs."""
+    """Rename the finished folder to ``dest``; if another process published the same key first, keep theirs."""
     try:
         os.replace(tmp, dest)
     except OSError:

@@ -11,6 +11,7 @@ import abc
 import contextlib
 import hashlib
 import io
+import json
 import multiprocessing
 import os
 import re
@@ -351,24 +352,55 @@ def decode_many(
     out: Path | None = None,
     workers: int = 0,
     chunk_size: int = 512,
+    journal: Path | None = None,
     progress: bool = True,
 ) -> DecodeResult:
     """Decode ``names`` in parallel over chunks (each worker process opens the source itself).
 
     With ``out`` (an existing ``.npy`` of shape (N, S, S) uint8) each image is resized to S x S and
     written to its row; rows of images that fail stay zero. Without it, decoding is only a check.
+    With ``journal`` (a folder), every finished chunk is recorded there once its rows are flushed; a later
+    call with the same names, ``out``, ``chunk_size`` and journal decodes only the chunks not yet recorded,
+    so an interrupted pack of millions of crops resumes where it stopped.
     """
     chunks = [(start, list(names[start:start + chunk_size])) for start in range(0, len(names), chunk_size)]
-    n_procs = min(default_workers(workers), len(chunks))
     shapes = np.zeros((len(names), 2), dtype=np.int32)
     errors: dict[str, str] = {}
-    bar = tqdm(total=len(names), desc=f"decode {source.path.name}", unit="img", disable=not progress)
+    recorded = _read_journal(journal) if journal is not None else {}
+    done = {start for start, part in chunks if start in recorded and len(recorded[start][0]) == len(part)}
+    for start in done:
+        chunk_shapes, chunk_errors = recorded[start]
+        shapes[start:start + len(chunk_shapes)] = chunk_shapes
+        errors.update(chunk_errors)
+    todo = [chunk for chunk in chunks if chunk[0] not in done]
+    n_procs = min(default_workers(workers), max(len(todo), 1))
+    bar = tqdm(total=len(names), initial=len(names) - sum(len(c[1]) for c in todo), desc=f"decode {source.path.name}",
+               unit="img", disable=not progress)
     with bar, _chunk_runner(source, out, n_procs) as run:
-        for start, chunk_shapes, chunk_errors in run(chunks):
+        for start, chunk_shapes, chunk_errors in run(todo):
             shapes[start:start + len(chunk_shapes)] = chunk_shapes
             errors.update(chunk_errors)
+            if journal is not None:
+                _record_chunk(journal, start, chunk_shapes, chunk_errors)
             bar.update(len(chunk_shapes))
     return DecodeResult(shapes=shapes, errors=errors)
+
+
+def _record_chunk(journal: Path, start: int, shapes: np.ndarray, errors: dict[str, str]) -> None:
+    """Write one finished chunk's shapes and failures to the journal (atomically: a record is whole or absent)."""
+    journal.mkdir(parents=True, exist_ok=True)
+    tmp = journal / f".{start:012d}.json.tmp"
+    tmp.write_text(json.dumps({"start": start, "shapes": shapes.tolist(), "errors": errors}))
+    os.replace(tmp, journal / f"{start:012d}.json")
+
+
+def _read_journal(journal: Path) -> dict[int, tuple[np.ndarray, dict[str, str]]]:
+    """The chunks a journal records as finished: start -> (shapes, errors)."""
+    records = {}
+    for path in sorted(journal.glob("*.json")) if journal.is_dir() else []:
+        record = json.loads(path.read_text())
+        records[int(record["start"])] = (np.asarray(record["shapes"], dtype=np.int32).reshape(-1, 2), record["errors"])
+    return records
 
 
 _ChunkResult = tuple[int, np.ndarray, dict[str, str]]

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import icecore_lib.pack as pack_mod
+import icecore_lib.sources as sources_mod
 from helpers import TINY_IMAGE_SIZE, crop, png_bytes
 from icecore_lib.manifest import load_manifest, resolve_part
 from icecore_lib.pack import assign_split, pack_part, packed_split
@@ -50,9 +51,41 @@ def test_pack_decodes_once_and_is_reused(instrument_dataset: MakeData, tmp_path:
     second = _pack(manifest, tmp_path / "cache")
     assert decode_calls == [6]
     assert second.key == first.key and second.path == first.path
-    assert [p.name for p in (tmp_path / "cache" / "packed").iterdir()] == [first.key]
+    assert [p.name for p in (tmp_path / "cache" / "packed").iterdir() if p.suffix != ".lock"] == [first.key]
     np.testing.assert_array_equal(first.images, second.images)
     pd.testing.assert_frame_equal(first.table, second.table)
+
+
+def test_an_interrupted_pack_resumes_with_the_chunks_it_had_not_finished(
+        instrument_dataset: MakeData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = instrument_dataset()
+    reference = _pack(manifest, tmp_path / "reference")
+    real_decode, real_chunk = pack_mod.decode_many, sources_mod._decode_chunk
+    monkeypatch.setattr(pack_mod, "decode_many", lambda *a, **kw: real_decode(*a, **{**kw, "chunk_size": 2}))
+    decoded: list[int] = []
+
+    def interrupted_at_row_4(task: tuple[int, list[str]]) -> object:
+        if task[0] >= 4:
+            raise KeyboardInterrupt
+        decoded.append(task[0])
+        return real_chunk(task)
+
+    monkeypatch.setattr(sources_mod, "_decode_chunk", interrupted_at_row_4)
+    with pytest.raises(KeyboardInterrupt):
+        _pack(manifest, tmp_path / "cache")
+    partial = next((tmp_path / "cache" / "packed").glob(".*.partial"))
+    assert sorted(p.name for p in (partial / "journal").iterdir()) == ["000000000000.json", "000000000002.json"]
+
+    def counting(task: tuple[int, list[str]]) -> object:
+        decoded.append(task[0])
+        return real_chunk(task)
+
+    monkeypatch.setattr(sources_mod, "_decode_chunk", counting)
+    resumed = _pack(manifest, tmp_path / "cache")
+    assert decoded == [0, 2, 4]  # the first run's two chunks, then only the missing one
+    assert not partial.exists()
+    np.testing.assert_array_equal(resumed.images, reference.images)
+    pd.testing.assert_frame_equal(resumed.table, reference.table)
 
 
 def test_packed_rows_are_the_decoded_crops_of_their_table_rows(instrument_dataset: MakeData, tmp_path: Path) -> None:
@@ -89,7 +122,8 @@ def test_skip_bad_drops_an_undecodable_image_and_keeps_rows_aligned(
         zf.writestr("camp/cut.png", png_bytes(crop(4))[:70])
     with pytest.raises(DataError, match="undecodable.*camp/cut.png"):
         _pack(manifest, tmp_path / "cache")
-    assert not (tmp_path / "cache" / "packed").exists() or not any((tmp_path / "cache" / "packed").iterdir())
+    # nothing is published; the decoded work stays in the hidden partial folder for a --skip-bad rerun
+    assert not [p for p in (tmp_path / "cache" / "packed").iterdir() if not p.name.startswith(".")]
     with pytest.warns(UserWarning, match="1 particle"):
         packed = _pack(manifest, tmp_path / "cache", skip_bad=True)
     assert "camp/cut.png" not in packed.table.index and len(packed.images) == len(packed.table) == 6
