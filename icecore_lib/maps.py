@@ -87,7 +87,7 @@ def cluster_core(space: Space, table: pd.DataFrame, core_pred: pd.Series, cfg: E
     clusters = pd.Series(np.asarray(labels), index=space.core.index, name=CLUSTER)
     y_train = table.loc[train.index, LABEL].to_numpy()
     excess = CoreExcess(seed=cfg.seed).fit(train.to_numpy(), y_train)
-    core_excess = excess.score(space.core.to_numpy(), core_pred.reindex(space.core.index).to_numpy())
+    core_excess = excess.score(space.core.to_numpy(), core_pred.loc[space.core.index].to_numpy())
     summary = describe_clusters(space.core.to_numpy(), clusters.to_numpy(), train.to_numpy(), y_train,
                                 truth.reindex(space.core.index).to_numpy() if truth is not None else None,
                                 excess=core_excess, excess_null=excess.train_scores_)
