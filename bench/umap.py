@@ -53,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-neighbors", type=int, default=15)
     p.add_argument("--trust-n", type=int, default=2000, help="subsample for trustworthiness (O(n^2))")
     p.add_argument("--threads", type=int, default=1, help="torch threads (seeded umap-learn is single-threaded)")
+    p.add_argument("--device", default="cpu", help="parametric UMAP's device: cpu, cuda or auto")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
@@ -75,7 +76,7 @@ def main() -> None:
     methods = {
         "umap-learn": lambda epochs: UMAPReducer(n_neighbors=args.n_neighbors, random_state=args.seed, n_epochs=epochs),
         "parametric (torch)": lambda epochs: ParametricUMAP(
-            n_neighbors=args.n_neighbors, epochs=epochs, random_state=args.seed, device="cpu", progress=epochs > 1
+            n_neighbors=args.n_neighbors, epochs=epochs, random_state=args.seed, device=args.device, progress=epochs > 1
         ),
     }
     X_warm, _ = clustered_points(WARMUP_POINTS, args.dim, args.clusters, args.seed + 1)
@@ -87,7 +88,7 @@ def main() -> None:
         maps[name], times[name] = run_method(make(None if name == "umap-learn" else args.epochs), X[fit_rows], X)
     table = compare_embeddings(X, maps, labels, times, max_points=args.trust_n, seed=args.seed)
     print(f"\n{args.n} x {args.dim} points, {args.clusters} clusters; fit on {len(fit_rows)}; "
-          f"parametric: {args.epochs} epochs; torch threads {args.threads}; JIT warm-up excluded")
+          f"parametric: {args.epochs} epochs on {args.device}; torch threads {args.threads}; JIT warm-up excluded")
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 120):
         print(table)
     ratio = table.loc["umap-learn"] / table.loc["parametric (torch)"]

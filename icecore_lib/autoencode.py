@@ -62,7 +62,7 @@ def fit_autoencoder(bundle: DatasetBundle, cfg: TrainConfig, latent_dim: int, ou
     part, train_rows, val_rows = training_rows(bundle, train_on, exclude, cfg.seed)
     images = bundle.parts()[part].images
     common = batch_options(cfg, progress)
-    model = ConvAutoencoder(images.shape[1], latent_dim)
+    model = ConvAutoencoder(images.shape[1], latent_dim, flat_field=cfg.flat_field)
     history = fit(model, choose_batches(images, train_rows, shuffle=True, **common),
                   choose_batches(images, val_rows, shuffle=False, **common),
                   cfg=cfg, out_dir=out_dir, task="reconstruct", progress=progress)

@@ -81,7 +81,8 @@ def build_torch_classifier(kind: str, n_classes: int, cfg: TrainConfig) -> Any:
         return MetadataMLP(len(FLOWCAM_FEATURES), n_classes)
     if kind in ("image", "both"):
         n_features = len(FLOWCAM_FEATURES) if kind == "both" else 0
-        return ParticleCNN(n_classes, n_features=n_features, weights=getattr(cfg, "weights", "none"))
+        return ParticleCNN(n_classes, n_features=n_features, weights=getattr(cfg, "weights", "none"),
+                           flat_field=cfg.flat_field)
     raise ValueError(f"unknown classifier kind {kind!r}; choose one of {KINDS}")
 
 

@@ -108,6 +108,9 @@ class TrainConfig(StageConfig):
     augment_blur: float = 1.0  # largest random defocus sigma (px at model size)
     augment_noise: float = 3.0  # largest random noise std (gray levels)
     compile: bool = False  # torch.compile the model (CUDA; pays a one-off compile time)
+    # Image models divide each crop by its own border background first: the core's sessions are lit
+    # differently from the reference set's (see ImageNorm). False reproduces the study's plain normalisation.
+    flat_field: bool = True
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ with an :class:`UnsafeSourceError` naming it. Decoding turns any PNG mode into a
 from __future__ import annotations
 
 import abc
+import bz2
 import contextlib
 import hashlib
 import io
@@ -17,13 +18,14 @@ import os
 import re
 import shutil
 import stat
+import struct
 import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -114,6 +116,14 @@ class ImageSource(abc.ABC):
     def read(self, name: str) -> bytes:
         """The raw bytes of one image."""
 
+    def locate(self, names: Sequence[str]) -> list[Any]:
+        """Picklable handles a worker process reads with :meth:`read_located` without listing the source again."""
+        return list(names)
+
+    def read_located(self, handle: Any) -> bytes:
+        """The bytes of one image from its :meth:`locate` handle."""
+        return self.read(handle)
+
     @abc.abstractmethod
     def _signature(self, name: str) -> str:
         """A cheap per-image value that changes when the image's content changes."""
@@ -126,43 +136,96 @@ class ImageSource(abc.ABC):
         return digest.hexdigest()
 
 
+class ZipMember(NamedTuple):
+    """Where one member's bytes lie in its archive, from the central directory (offset -1: no such member)."""
+
+    name: str
+    offset: int
+    compressed: int
+    size: int
+    method: int
+    crc: int
+
+
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # signature ... name length, extra length (APPNOTE 4.3.7)
+_DECOMPRESS = {zipfile.ZIP_STORED: bytes, zipfile.ZIP_DEFLATED: lambda raw: zlib.decompress(raw, -15),
+               zipfile.ZIP_BZIP2: bz2.decompress}
+
+
 class ZipSource(ImageSource):
-    """Images inside a zip archive, read member by member in place."""
+    """Images inside a zip archive, read member by member in place.
+
+    The central directory is read once, in the process that lists the archive; worker processes get each
+    member's offset and sizes (:meth:`locate`) and read its bytes directly, so a GRIP-size archive of millions
+    of members is not parsed again, and held again, by every worker.
+    """
 
     def __init__(self, path: Path | str, max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
-        self.path = Path(path)
-        self.max_member_bytes = max_member_bytes
-        self._members = safe_members(self.path)
-        self._zip: zipfile.ZipFile | None = None
+        self.__setstate__({"path": Path(path), "max_member_bytes": max_member_bytes})
+        self._listing()
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle only the path: each worker process reopens the archive itself."""
+        """Pickle only the path: a worker reads located members and never needs the listing."""
         return {"path": self.path, "max_member_bytes": self.max_member_bytes}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Reopen the archive in the receiving process."""
-        self.__init__(state["path"], state["max_member_bytes"])
+        """Rebuild from the path, listing nothing until asked."""
+        self.path: Path = state["path"]
+        self.max_member_bytes: int = state["max_member_bytes"]
+        self._members: dict[str, ZipMember] | None = None
+        self._file: BinaryIO | None = None
+
+    def _listing(self) -> dict[str, ZipMember]:
+        """The checked central directory (hostile names, symlinks and collisions refused), read once."""
+        if self._members is None:
+            self._members = {
+                name: ZipMember(name, info.header_offset, info.compress_size, info.file_size, info.compress_type,
+                                info.CRC)
+                for name, info in safe_members(self.path).items()
+                if not info.is_dir()
+            }
+        return self._members
 
     def names(self, near: Collection[str] | None = None) -> list[str]:
         """Every image member (the zip's central directory is cheap to list whole)."""
-        return [n for n, info in self._members.items() if not info.is_dir() and is_image_name(n)]
+        return [name for name in self._listing() if is_image_name(name)]
 
     def read(self, name: str) -> bytes:
         """A member's bytes, refusing members larger than ``max_member_bytes`` (zip bombs)."""
-        info = self._members.get(name)
-        if info is None:
-            raise FileNotFoundError(f"{self.path}: no member {name!r}")
-        if info.file_size > self.max_member_bytes:
-            raise UnsafeSourceError(f"{self.path}: member {name!r} is {info.file_size} bytes uncompressed")
-        if self._zip is None:
-            self._zip = zipfile.ZipFile(self.path)
-        with self._zip.open(info) as fh:
-            return fh.read(self.max_member_bytes + 1)
+        return self.read_located(self.locate([name])[0])
+
+    def locate(self, names: Sequence[str]) -> list[ZipMember]:
+        """Each name's offset and sizes in the archive (a missing name gets offset -1 and fails when read)."""
+        listing = self._listing()
+        return [listing.get(name) or ZipMember(name, -1, 0, 0, 0, 0) for name in names]
+
+    def read_located(self, member: ZipMember) -> bytes:
+        """A located member's bytes, checked against its size and CRC-32 from the central directory."""
+        where = f"{self.path}: member {member.name!r}"
+        if member.offset < 0:
+            raise FileNotFoundError(f"{self.path}: no member {member.name!r}")
+        if member.size > self.max_member_bytes:
+            raise UnsafeSourceError(f"{where} is {member.size} bytes uncompressed")
+        if member.method not in _DECOMPRESS:
+            raise DecodeError(member.name, f"zip compression method {member.method} is not supported "
+                                           "(store or deflate the archive)")
+        if self._file is None:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - held for the worker's life, like a memmap
+        self._file.seek(member.offset)
+        header = self._file.read(_LOCAL_HEADER.size)
+        if len(header) < _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile(f"{where}: no local header at offset {member.offset}")
+        name_len, extra_len = _LOCAL_HEADER.unpack(header)[-2:]
+        self._file.seek(member.offset + _LOCAL_HEADER.size + name_len + extra_len)
+        data = _DECOMPRESS[member.method](self._file.read(member.compressed))
+        if len(data) != member.size or zlib.crc32(data) != member.crc:
+            raise zipfile.BadZipFile(f"{where} is corrupt (size or CRC-32 differs from the central directory)")
+        return data
 
     def _signature(self, name: str) -> str:
         """The member's CRC-32 and size from the central directory."""
-        info = self._members[name]
-        return f"{info.CRC:08x}:{info.file_size}"
+        member = self._listing()[name]
+        return f"{member.crc:08x}:{member.size}"
 
 
 class FolderSource(ImageSource):
@@ -376,8 +439,9 @@ def decode_many(
     n_procs = min(default_workers(workers), max(len(todo), 1))
     bar = tqdm(total=len(names), initial=len(names) - sum(len(c[1]) for c in todo), desc=f"decode {source.path.name}",
                unit="img", disable=not progress)
+    tasks = ((start, part, source.locate(part)) for start, part in todo)
     with bar, _chunk_runner(source, out, n_procs) as run:
-        for start, chunk_shapes, chunk_errors in run(todo):
+        for start, chunk_shapes, chunk_errors in run(tasks):
             shapes[start:start + len(chunk_shapes)] = chunk_shapes
             errors.update(chunk_errors)
             if journal is not None:
@@ -403,6 +467,7 @@ def _read_journal(journal: Path) -> dict[int, tuple[np.ndarray, dict[str, str]]]
     return records
 
 
+_ChunkTask = tuple[int, list[str], list[Any]]
 _ChunkResult = tuple[int, np.ndarray, dict[str, str]]
 _WORKER: dict[str, Any] = {}
 # What reading one image can raise besides DecodeError: a missing or oversized member, a corrupt zip stream.
@@ -412,7 +477,7 @@ _READ_ERRORS = (DecodeError, UnsafeSourceError, OSError, zipfile.BadZipFile, zli
 @contextlib.contextmanager
 def _chunk_runner(
     source: ImageSource, out: Path | None, n_procs: int
-) -> Iterator[Callable[[list[tuple[int, list[str]]]], Iterable[_ChunkResult]]]:
+) -> Iterator[Callable[[Iterable[_ChunkTask]], Iterable[_ChunkResult]]]:
     """A function mapping chunks to results: in this process, or over a pool of spawned workers."""
     if n_procs <= 1:
         _init_worker(source, out)
@@ -433,15 +498,15 @@ def _init_worker(source: ImageSource, out: Path | None) -> None:
     _WORKER["out"] = None if out is None else np.load(out, mmap_mode="r+")
 
 
-def _decode_chunk(task: tuple[int, list[str]]) -> _ChunkResult:
-    """Decode one chunk of names into its output rows; returns the original shapes and the failures."""
-    start, names = task
+def _decode_chunk(task: _ChunkTask) -> _ChunkResult:
+    """Decode one chunk of located images into its output rows; returns the original shapes and the failures."""
+    start, names, handles = task
     source, out = _WORKER["source"], _WORKER["out"]
     shapes = np.zeros((len(names), 2), dtype=np.int32)
     errors: dict[str, str] = {}
-    for i, name in enumerate(names):
+    for i, (name, handle) in enumerate(zip(names, handles)):
         try:
-            gray = _open_gray(source.read(name), name)
+            gray = _open_gray(source.read_located(handle), name)
         except _READ_ERRORS as exc:
             errors[name] = str(exc)
             continue

@@ -12,6 +12,7 @@ import torchvision
 from icecore_lib.models.autoencoder import ConvAutoencoder
 from icecore_lib.models.cnn import IMAGENET_OFFLINE, ParticleCNN, adapt_conv1
 from icecore_lib.models.mlp import MetadataMLP
+from icecore_lib.torchdata import FLAT_FIELD_GRAY, ImageNorm, border_median
 
 
 def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -75,6 +76,18 @@ def test_image_normalisation_is_stored_with_the_model():
     assert fresh.norm.mean.item() == 101.5
 
 
+def test_flat_field_removes_a_session_s_illumination_and_keeps_the_particle():
+    lit = torch.full((1, 1, 32, 32), 125.0)
+    lit[..., 10:20, 12:22] = 60.0  # a dark particle in the middle
+    darker = lit * 0.85  # the same particle in a dimmer session
+    flat, plain = ImageNorm(flat_field=True), ImageNorm(flat_field=False)
+    torch.testing.assert_close(flat(darker), flat(lit))
+    assert not torch.allclose(plain(darker), plain(lit))
+    assert border_median(lit).flatten().tolist() == [125.0]
+    assert flat.inverse(flat(lit))[0, 0, 0, 0].item() == pytest.approx(FLAT_FIELD_GRAY)
+    assert flat(lit)[..., 15, 15].item() < flat(lit)[..., 0, 0].item()
+
+
 def test_imagenet_offline_gives_clear_error(monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
@@ -104,7 +117,7 @@ def test_autoencoder_shapes_and_per_sample_loss(size):
         assert latent.shape == (4, 16)
         assert model.decode(latent).shape == (4, 1, size, size)
         losses = model.reconstruction_loss(x)
-        expected = ((model(x) - (x - model.norm.mean) / model.norm.std) ** 2).mean(dim=(1, 2, 3))
+        expected = ((model(x) - model.norm(x)) ** 2).mean(dim=(1, 2, 3))
         torch.testing.assert_close(losses, expected)
         step_loss, step_latent = model.predict_step(x)
         torch.testing.assert_close(step_loss, losses)

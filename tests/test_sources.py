@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import stat
 import zipfile
 from pathlib import Path
@@ -175,3 +176,34 @@ def test_parallel_decoding_matches_serial_and_reports_failures(tmp_path: Path) -
         outputs[workers] = np.load(out)
     np.testing.assert_array_equal(outputs[1], outputs[2])
     assert not outputs[1][names.index("bad.png")].any()
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2])
+def test_zip_members_read_in_place_match_zipfile_and_a_pickled_source_never_lists(
+    tmp_path: Path, method: int
+) -> None:
+    members = {f"d/c{i}.png": png_bytes(crop(i)) for i in range(4)}
+    archive = tmp_path / "in.zip"
+    with zipfile.ZipFile(archive, "w", compression=method) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    source = ZipSource(archive)
+    worker_copy = pickle.loads(pickle.dumps(source))
+    located = source.locate([*members, "d/missing.png"])
+    assert [worker_copy.read_located(m) for m in located[:-1]] == list(members.values())
+    assert worker_copy._members is None  # the worker read by offset; it never parsed the central directory
+    with pytest.raises(FileNotFoundError, match="d/missing.png"):
+        worker_copy.read_located(located[-1])
+
+
+def test_a_corrupted_member_is_refused_by_name(tmp_path: Path) -> None:
+    data = png_bytes(crop(1))
+    archive = _zip(tmp_path / "in.zip", {"ok.png": png_bytes(crop(0)), "flipped.png": data})
+    raw = bytearray(archive.read_bytes())
+    at = raw.index(data) + len(data) // 2
+    raw[at] ^= 0xFF
+    archive.write_bytes(bytes(raw))
+    source = ZipSource(archive)
+    assert source.read("ok.png") == png_bytes(crop(0))
+    with pytest.raises(zipfile.BadZipFile, match="flipped.png.*CRC-32"):
+        source.read("flipped.png")

@@ -50,6 +50,7 @@ class ConvAutoencoder(nn.Module):
         hidden: int = 256,
         image_mean: float = STUDY_IMAGE_MEAN,
         image_std: float = STUDY_IMAGE_STD,
+        flat_field: bool = True,
     ) -> None:
         super().__init__()
         if image_size % 8 or image_size < 8:
@@ -61,7 +62,7 @@ class ConvAutoencoder(nn.Module):
         maps = (channels[-1], side, side)
         flat = channels[-1] * side * side
         widths, mirrored = (1, *channels), tuple(channels[::-1])
-        self.norm = ImageNorm(image_mean, image_std)
+        self.norm = ImageNorm(image_mean, image_std, flat_field)
         self.encoder = nn.Sequential(
             *[m for c_in, c_out in itertools.pairwise(widths) for m in _conv_block(c_in, c_out)],
             nn.Flatten(),

@@ -34,13 +34,14 @@ class ParticleCNN(EmbeddingClassifier):
         dropout: float = 0.2,
         image_mean: float = STUDY_IMAGE_MEAN,
         image_std: float = STUDY_IMAGE_STD,
+        flat_field: bool = True,
     ) -> None:
         super().__init__()
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
         self.n_features, self.in_channels = n_features, in_channels
         self.input_keys = ("image", "features") if n_features > 0 else ("image",)
-        self.norm = ImageNorm(image_mean, image_std)
+        self.norm = ImageNorm(image_mean, image_std, flat_field)
         self.trunk = resnet18_trunk(weights, in_channels)
         self.image_head = dense_stack((TRUNK_DIM, 64), dropout)
         self.meta = dense_stack((n_features, 128, 64, 32), dropout) if n_features > 0 else None
