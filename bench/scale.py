@@ -32,17 +32,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psutil
-import torch
 
-from icecore_lib.classify import build_torch_classifier
-from icecore_lib.config import TrainConfig, synth_config
+from icecore_lib.config import synth_config
 from icecore_lib.manifest import CsvFile, ResolvedPart
 from icecore_lib.pack import pack_part
 from icecore_lib.schema import CLASSES, IMGPATH
 from icecore_lib.sources import default_workers
 from icecore_lib.synth import generate
-from icecore_lib.torchdata import choose_batches
-from icecore_lib.train import predict, resolve_device
+
+# torch and the models are imported where the CNN runs: packing workers are spawned processes that re-import
+# this script, and each would otherwise load torch (hundreds of MB of private memory per worker) for nothing.
 
 GIB = 1024**3
 
@@ -126,17 +125,27 @@ def interrupted_pack(part: ResolvedPart, size: int, cache: Path, workers: int, a
     return sum(len(pd.read_json(path, typ="series")["shapes"]) for path in journals)
 
 
-def classify_stream(images: np.ndarray, rows: int, batch_size: int, device: torch.device) -> tuple[float, int]:
+def classify_stream(images: np.ndarray, rows: int, batch_size: int, device_name: str) -> tuple[float, int, str]:
     """Images/s of ResNet18 streaming ``rows`` packed crops through the notebooks' batch path; predictions kept.
 
     On CUDA the rows go to the GPU once when they fit (the notebooks' device-resident path), else through the
-    DataLoader; the clock includes that upload."""
+    DataLoader; the clock includes that upload. Returns the rate, the rows predicted and where they ran."""
+    import torch
+
+    from icecore_lib.classify import build_torch_classifier
+    from icecore_lib.config import TrainConfig
+    from icecore_lib.torchdata import choose_batches
+    from icecore_lib.train import predict, resolve_device
+
+    device = resolve_device(device_name)
     model = build_torch_classifier("image", len(CLASSES), TrainConfig())
     start = time.perf_counter()
     batches = choose_batches(images, np.arange(rows), batch_size=batch_size, shuffle=False, device=device,
                              progress=False)
     logits, _ = predict(model, batches, progress=False)
-    return rows / (time.perf_counter() - start), len(logits)
+    rate = rows / (time.perf_counter() - start)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU thread(s)"
+    return rate, len(logits), where
 
 
 def parse_args() -> argparse.Namespace:
@@ -160,7 +169,6 @@ def main() -> None:
     args = parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="icecore-scale-"))
     workers = default_workers(args.workers)
-    device = resolve_device(args.device)
     try:
         t0 = time.perf_counter()
         rows, crops = base_crops(work / "base", args.seed, args.max_crop_bytes)
@@ -189,8 +197,7 @@ def main() -> None:
         rows_to_classify = min(args.classify_rows, len(packed))
         sampler = MemorySampler()
         with sampler.running():
-            rate, n_out = classify_stream(packed.images, rows_to_classify, args.batch_size, device)
-        where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU thread(s)"
+            rate, n_out, where = classify_stream(packed.images, rows_to_classify, args.batch_size, args.device)
         print(f"classify: {n_out:,} rows streamed at {rate:,.0f} img/s on {where} "
               f"(the whole core: {len(packed) / rate / 60:,.1f} min at this rate); "
               f"peak private memory {sampler.peak / GIB:.2f} GiB")
