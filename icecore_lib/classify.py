@@ -7,6 +7,7 @@ keyed by particle id. Evaluation, calibration and composition work on those, wha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,17 +207,17 @@ def core_table(outputs: ClassifierOutputs, temperature: float, thresholds: pd.Se
     return table
 
 
-def train_priors(outputs: ClassifierOutputs, table: pd.DataFrame) -> pd.Series:
+def train_priors(classes: Sequence[str], table: pd.DataFrame) -> pd.Series:
     """Class fractions of the training split: the prior the classifier learned, which EM adjusts away from."""
     labels = table.loc[split_ids(table, "train"), LABEL]
-    return labels.value_counts(normalize=True).reindex(outputs.classes, fill_value=0.0)
+    return labels.value_counts(normalize=True).reindex(list(classes), fill_value=0.0)
 
 
 def compositions(outputs: ClassifierOutputs, table: pd.DataFrame, temperature: float, *, n_boot: int,
                  seed: int) -> dict[str, pd.DataFrame]:
     """Core composition by classify-and-count and by EM prior adjustment, each with bootstrap intervals."""
     proba = outputs.core_proba(temperature)
-    priors = train_priors(outputs, table)
+    priors = train_priors(outputs.classes, table)
     return {method: quantify.bootstrap_composition(proba, method, n_boot=n_boot, seed=seed, train_priors=priors)
             for method in ("cc", "em")}
 

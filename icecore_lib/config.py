@@ -70,6 +70,7 @@ class StageConfig:
     group_split_by: str = ""  # e.g. "session" for a split grouped by acquisition session
     skip_bad: bool = False
     device: str = "auto"
+    bootstrap: int = 200  # resamples behind every bootstrap interval (metrics, compositions)
 
     @property
     def dataset_name(self) -> str:
@@ -125,7 +126,6 @@ class MetadataConfig(TrainConfig):
     cv_folds: int = 3
     shap_sample: int = 500
     epochs: int = 60
-    bootstrap: int = 200
     target_precision: float = 0.95
 
 
@@ -136,7 +136,6 @@ class CNNConfig(TrainConfig):
     weights: str = "none"  # none | imagenet (needs internet once)
     variants: tuple[str, ...] = ("image", "both")
     target_precision: float = 0.95
-    bootstrap: int = 200
 
 
 @dataclass(frozen=True)
@@ -184,11 +183,9 @@ class DiscoveryConfig(StageConfig):
 # Profile overrides, applied along each config's class hierarchy (base classes first).
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "ci": {
-        "StageConfig": {"image_size": 32},
+        "StageConfig": {"image_size": 32, "bootstrap": 20},
         "TrainConfig": {"epochs": 2, "batch_size": 64, "patience": 2},
-        "MetadataConfig": {"n_estimators": 20, "max_depth": 4, "shap_sample": 100, "epochs": 5, "cv_folds": 2,
-                           "bootstrap": 20},
-        "CNNConfig": {"bootstrap": 20},
+        "MetadataConfig": {"n_estimators": 20, "max_depth": 4, "shap_sample": 100, "epochs": 5, "cv_folds": 2},
         "EmbedConfig": {"pumap_epochs": 3, "holdout_classes": ("corylus",), "min_cluster_size": 5},
         "DiscoveryConfig": {"gallery_size": 8, "top_k": (10, 20)},
     },
@@ -199,10 +196,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "EmbedConfig": {"epochs": 6},  # leave-one-class-out retrains the CNN once per held-out class
     },
     "full": {
+        "StageConfig": {"bootstrap": 1000},
         "TrainConfig": {"epochs": 30, "batch_size": 512, "num_workers": 4},
-        "MetadataConfig": {"search_iterations": 20, "cv_folds": 5, "shap_sample": 2000, "epochs": 60,
-                           "bootstrap": 1000},
-        "CNNConfig": {"bootstrap": 1000},
+        "MetadataConfig": {"search_iterations": 20, "cv_folds": 5, "shap_sample": 2000, "epochs": 60},
         "EmbedConfig": {"holdout_classes": ("camp", "corylus", "dust", "grim", "qrob", "qsub", "cont")},
         "DiscoveryConfig": {"gallery_size": 48, "top_k": (100, 500, 2000)},
     },

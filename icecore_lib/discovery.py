@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import autoencode, classify, loco, maps, novelty, spaces
+from . import autoencode, classify, loco, maps, novelty, quantify, spaces
 from .config import DiscoveryConfig
 from .data import DatasetBundle
 from .schema import LABEL, NEW_CLASS, SPLIT
@@ -188,8 +188,29 @@ def nearest_class_rows(summary: pd.DataFrame, cluster: int, table: pd.DataFrame)
     return nearest, table[(table[SPLIT] == "train") & (table[LABEL] == nearest)]
 
 
+def open_set_compositions(core_pred: pd.DataFrame, unknown: pd.Series, table: pd.DataFrame, *, n_boot: int,
+                          seed: int) -> dict[str, pd.DataFrame]:
+    """The core's composition by classify-and-count and EM over every particle (notebook 02's) and with the
+    particles flagged unknown set aside, each with bootstrap intervals.
+
+    A closed-set classifier counts a class it was never shown as the known class it most resembles; no prior
+    correction can undo that, setting the flagged particles aside can. ``core_pred``: notebook 02's table
+    (calibrated ``p_<class>`` columns).
+    """
+    proba = core_pred.filter(regex="^p_").rename(columns=lambda c: c[2:])
+    kept = ~unknown.reindex(proba.index).fillna(False).astype(bool)
+    if not kept.any():
+        raise ValueError("every core particle is flagged unknown: there is no known-class composition to estimate")
+    priors = classify.train_priors(list(proba.columns), table)
+    parts = {"all particles": proba, "unknowns set aside": proba[kept]}
+    return {f"{method.upper()}, {name}": quantify.bootstrap_composition(part, method, n_boot=n_boot, seed=seed,
+                                                                        train_priors=priors)
+            for name, part in parts.items() for method in ("cc", "em")}
+
+
 def summary_metrics(new_class: pd.DataFrame | None, loco_novelty: pd.DataFrame, combined: list[str],
-                    threshold: novelty.UnknownThreshold, flagged_fraction: float) -> dict:
+                    threshold: novelty.UnknownThreshold, flagged_fraction: float,
+                    composition_errors: pd.DataFrame | None = None) -> dict:
     """Notebook 05's numbers for metrics.json."""
     metrics = {"loco_mean": loco_novelty.loc["mean"].unstack().to_dict(orient="index"),
                "combined_rank_scores": combined,
@@ -198,5 +219,7 @@ def summary_metrics(new_class: pd.DataFrame | None, loco_novelty: pd.DataFrame, 
     if new_class is not None:
         metrics["new_class"] = new_class.to_dict(orient="index")
         metrics["best_score_auroc"] = str(new_class.index[0])
+    if composition_errors is not None:
+        metrics["composition_mae"] = composition_errors.filter(like="_abs_error").mean().to_dict()
     return metrics
 

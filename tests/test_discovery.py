@@ -1,11 +1,12 @@
-"""Notebook 05's choice of the scores the combined rank averages, on hand-made tables."""
+"""Notebook 05's choice of the scores the combined rank averages and its open-set composition, on hand-made tables."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from icecore_lib import discovery
+from icecore_lib import discovery, quantify
 
 
 def _loco(auroc: dict[str, float]) -> pd.DataFrame:
@@ -25,3 +26,23 @@ def test_the_best_loco_score_is_skipped_when_the_acquisition_shift_moves_it() ->
     assert list(narrow.index[narrow["chosen"]]) == ["excess_meta"]
     with pytest.raises(ValueError, match="max_score_shift"):
         discovery.choose_scores(loco, shift + 1, margin=0.05, max_shift=0.05)
+
+
+def test_setting_the_flagged_unknowns_aside_recovers_the_known_composition() -> None:
+    truth = pd.Series(["ash"] * 70 + ["dust"] * 30 + ["diatom"] * 40)
+    looks_like = truth.replace({"diatom": "dust"})  # the new class is counted as its look-alike
+    p_dust = np.where(looks_like == "dust", 0.9, 0.1)
+    core_pred = pd.DataFrame({"p_ash": 1 - p_dust, "p_dust": p_dust}, index=[f"core/{i}.png" for i in range(140)])
+    truth.index = core_pred.index
+    unknown = pd.Series(truth == "diatom", index=core_pred.index)
+    unknown.iloc[:3] = True  # a few known particles are flagged too
+    table = pd.DataFrame({"label": ["ash", "dust"] * 20, "split": "train"})
+    compositions = discovery.open_set_compositions(core_pred, unknown, table, n_boot=5, seed=0)
+    assert list(compositions) == ["CC, all particles", "EM, all particles", "CC, unknowns set aside",
+                                  "EM, unknowns set aside"]
+    assert compositions["CC, all particles"].loc["dust", "fraction"] == pytest.approx(70 / 140)
+    assert compositions["CC, unknowns set aside"].loc["dust", "fraction"] == pytest.approx(30 / 97)
+    errors = quantify.composition_error({m: c["fraction"] for m, c in compositions.items()}, truth)
+    assert errors["CC, unknowns set aside_abs_error"].mean() < errors["CC, all particles_abs_error"].mean() / 5
+    with pytest.raises(ValueError, match="every core particle is flagged"):
+        discovery.open_set_compositions(core_pred, unknown | True, table, n_boot=0, seed=0)
