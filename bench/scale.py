@@ -5,7 +5,7 @@ features) and one PNG in a zip per particle, the crops and rows copied round-rob
 (its smallest crops, as a dust-dominated core is). Then, in one run:
 
 1. pack: the real ``pack_part`` (check, decode + resize in parallel over every core, atomic publish), stopped
-   after ``--interrupt-after`` seconds and resumed, reporting what the resumed run still had to decode;
+   once ``--interrupt-at`` of the crops are journalled, and resumed, reporting what the resumed run still had to decode;
 2. classify: an image ResNet18 (random weights: speed and memory, not accuracy) streams ``--classify-rows``
    rows of the packed memmap through the same batch path and ``predict`` the notebooks use.
 
@@ -37,7 +37,7 @@ from icecore_lib.config import synth_config
 from icecore_lib.manifest import CsvFile, ResolvedPart
 from icecore_lib.pack import pack_part
 from icecore_lib.schema import CLASSES, IMGPATH
-from icecore_lib.sources import default_workers
+from icecore_lib.sources import DECODE_CHUNK, default_workers
 from icecore_lib.synth import generate
 
 # torch and the models are imported where the CNN runs: packing workers are spawned processes that re-import
@@ -111,18 +111,27 @@ def _pack_in_child(part: ResolvedPart, size: int, cache: Path, workers: int) -> 
     pack_part(part, size, cache, workers=workers, progress=False)
 
 
-def interrupted_pack(part: ResolvedPart, size: int, cache: Path, workers: int, after: float) -> int:
-    """Start packing, kill it after ``after`` seconds; return the crops its journal had recorded."""
+def journalled(cache: Path) -> int:
+    """Crops the journal of an unfinished pack records as decoded."""
+    journals = list((cache / "packed").glob(".*.partial/journal/*.json"))
+    return sum(len(pd.read_json(path, typ="series")["shapes"]) for path in journals)
+
+
+def interrupted_pack(part: ResolvedPart, n: int, size: int, cache: Path, workers: int, fraction: float
+                     ) -> tuple[int, float]:
+    """Start packing and kill it once its journal holds ``fraction`` of the crops (like a lost runtime);
+    return the crops it had journalled and the seconds it ran."""
     ctx = multiprocessing.get_context("spawn")
     child = ctx.Process(target=_pack_in_child, args=(part, size, cache, workers))
+    start = time.perf_counter()
     child.start()
-    child.join(after)
+    while child.is_alive() and len(list(cache.glob("packed/.*.partial/journal/*.json"))) * DECODE_CHUNK < fraction * n:
+        time.sleep(0.5)
     for proc in psutil.Process(child.pid).children(recursive=True) if child.is_alive() else []:
         proc.kill()
     child.kill()
     child.join()
-    journals = list((cache / "packed").glob(".*.partial/journal/*.json"))
-    return sum(len(pd.read_json(path, typ="series")["shapes"]) for path in journals)
+    return journalled(cache), time.perf_counter() - start
 
 
 def classify_stream(images: np.ndarray, rows: int, batch_size: int, device_name: str) -> tuple[float, int, str]:
@@ -155,7 +164,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="packing processes (0 = every core)")
     p.add_argument("--max-crop-bytes", type=int, default=3000, help="largest PNG copied into the core")
-    p.add_argument("--interrupt-after", type=float, default=60.0, help="seconds before the first pack is killed")
+    p.add_argument("--interrupt-at", type=float, default=0.3, help="journalled share at which the first pack is killed")
     p.add_argument("--classify-rows", type=int, default=50_000, help="rows streamed through the CNN")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", help="where the CNN runs: cpu, cuda or auto")
@@ -179,9 +188,8 @@ def main() -> None:
 
         cache = work / "cache"
         t0 = time.perf_counter()
-        done_before = interrupted_pack(part, args.image_size, cache, workers, args.interrupt_after)
-        first = time.perf_counter() - t0
-        print(f"pack stopped after {first:.0f} s with {done_before:,} crops decoded and journalled")
+        done_before, first = interrupted_pack(part, args.n, args.image_size, cache, workers, args.interrupt_at)
+        print(f"pack killed after {first:.0f} s with {done_before:,} crops decoded and journalled")
         sampler = MemorySampler()
         t0 = time.perf_counter()
         with sampler.running():

@@ -39,6 +39,8 @@ DECODE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 BACKGROUND_GRAY = 110
 MAX_MEMBER_BYTES = 64 * 2**20
 MAX_EXTRACT_BYTES = 32 * 2**30
+# Images per parallel decoding task (and per journal record of a resumable pack).
+DECODE_CHUNK = 512
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _COPY_BLOCK = 2**20
 
@@ -414,7 +416,7 @@ def decode_many(
     *,
     out: Path | None = None,
     workers: int = 0,
-    chunk_size: int = 512,
+    chunk_size: int = DECODE_CHUNK,
     journal: Path | None = None,
     progress: bool = True,
 ) -> DecodeResult:
