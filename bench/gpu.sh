@@ -24,5 +24,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, xgboost; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'xgboost', xgboost.__version__)"
 run train 230 python3 bench/train.py --device cuda --image-size 64 --batch-size 512 --steps 40 --repeats 3
 run bdt 90 python3 bench/bdt.py
-run scale 200 python3 bench/scale.py --n 1000000 --classify-rows 1000000 --batch-size 1024 --interrupt-after 15
+run scale 200 python3 bench/scale.py --n 1000000 --classify-rows 1000000 --batch-size 1024
 run umap 260 python3 bench/umap.py --device cuda --threads 16  # numba's first compile alone takes minutes
