@@ -215,7 +215,7 @@ def _as_composition(value: pd.DataFrame | pd.Series) -> pd.DataFrame:
 
 
 def plot_composition(compositions: Mapping[str, pd.DataFrame | pd.Series], truth: pd.Series | None = None,
-                     path: Path | str | None = None) -> Figure:
+                     path: Path | str | None = None, title: str = "Core composition") -> Figure:
     """Class fractions by method (e.g. raw vs corrected) with bootstrap intervals, and the truth when known."""
     tables = {name: _as_composition(v) for name, v in compositions.items()}
     classes = list(next(iter(tables.values())).index)
@@ -237,7 +237,7 @@ def plot_composition(compositions: Mapping[str, pd.DataFrame | pd.Series], truth
     ax.set_xticks(x, _names(classes), rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("fraction of particles")
     ax.legend(fontsize=8)
-    ax.set_title("Core composition")
+    ax.set_title(title)
     return save(fig, path)
 
 
