@@ -21,7 +21,7 @@ from .models.autoencoder import ConvAutoencoder
 from .runs import read_part_tables, write_part_tables
 from .schema import LABEL, NEW_CLASS, SPLIT
 from .torchdata import choose_batches
-from .train import batch_options, fit, predict
+from .train import batch_options, fit, predict, seed_everything
 
 RECON = "recon"
 LATENT_PREFIX = "lat_"
@@ -62,6 +62,7 @@ def fit_autoencoder(bundle: DatasetBundle, cfg: TrainConfig, latent_dim: int, ou
     part, train_rows, val_rows = training_rows(bundle, train_on, exclude, cfg.seed)
     images = bundle.parts()[part].images
     common = batch_options(cfg, progress)
+    seed_everything(cfg.seed)  # the initial weights too: torch seeds itself at random when a kernel starts
     model = ConvAutoencoder(images.shape[1], latent_dim, flat_field=cfg.flat_field)
     history = fit(model, choose_batches(images, train_rows, shuffle=True, **common),
                   choose_batches(images, val_rows, shuffle=False, **common),

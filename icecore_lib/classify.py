@@ -27,7 +27,7 @@ from .models.mlp import MetadataMLP
 from .runs import atomic_write_json, read_part_tables, write_part_tables
 from .schema import FLOWCAM_FEATURES, LABEL, SPLIT
 from .torchdata import FeatureScaler, choose_batches
-from .train import batch_options, fit, predict
+from .train import batch_options, fit, predict, seed_everything
 
 KINDS = ("mlp", "image", "both")
 EMBED_PREFIX = "emb_"
@@ -107,6 +107,7 @@ def fit_torch_classifier(
     common = batch_options(cfg, progress)
     train_b = choose_batches(images, rows["train"], labels, features, shuffle=True, **common)
     val_b = choose_batches(images, rows["val"], labels, features, shuffle=False, **common)
+    seed_everything(cfg.seed)  # the initial weights too: torch seeds itself at random when a kernel starts
     model = build_torch_classifier(kind, len(classes), cfg)
     history = fit(model, train_b, val_b, cfg=cfg, out_dir=out_dir, task="classify", progress=progress)
     atomic_write_json(out_dir / "preprocessing.json", {"classes": classes, "scaler": scaler.state_dict()})
