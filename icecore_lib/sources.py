@@ -150,8 +150,12 @@ class ZipMember(NamedTuple):
 
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # signature ... name length, extra length (APPNOTE 4.3.7)
-_DECOMPRESS = {zipfile.ZIP_STORED: bytes, zipfile.ZIP_DEFLATED: lambda raw: zlib.decompress(raw, -15),
-               zipfile.ZIP_BZIP2: bz2.decompress}
+# Each takes the raw member bytes and a cap: a central directory that lies about a size cannot make a bomb.
+_DECOMPRESS: dict[int, Callable[[bytes, int], bytes]] = {
+    zipfile.ZIP_STORED: lambda raw, cap: raw[:cap],
+    zipfile.ZIP_DEFLATED: lambda raw, cap: zlib.decompressobj(-15).decompress(raw, cap),
+    zipfile.ZIP_BZIP2: lambda raw, cap: bz2.BZ2Decompressor().decompress(raw, cap),
+}
 
 
 class ZipSource(ImageSource):
@@ -219,7 +223,7 @@ class ZipSource(ImageSource):
             raise zipfile.BadZipFile(f"{where}: no local header at offset {member.offset}")
         name_len, extra_len = _LOCAL_HEADER.unpack(header)[-2:]
         self._file.seek(member.offset + _LOCAL_HEADER.size + name_len + extra_len)
-        data = _DECOMPRESS[member.method](self._file.read(member.compressed))
+        data = _DECOMPRESS[member.method](self._file.read(member.compressed), member.size + 1)
         if len(data) != member.size or zlib.crc32(data) != member.crc:
             raise zipfile.BadZipFile(f"{where} is corrupt (size or CRC-32 differs from the central directory)")
         return data

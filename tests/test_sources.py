@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import stat
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -207,3 +208,18 @@ def test_a_corrupted_member_is_refused_by_name(tmp_path: Path) -> None:
     assert source.read("ok.png") == png_bytes(crop(0))
     with pytest.raises(zipfile.BadZipFile, match="flipped.png.*CRC-32"):
         source.read("flipped.png")
+
+
+def test_a_member_larger_than_its_central_directory_size_is_refused_without_inflating_it(tmp_path: Path) -> None:
+    archive = tmp_path / "liar.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb.png", b"\0" * 50_000_000)  # deflates to ~50 kB
+    source = ZipSource(archive)
+    (member,) = source.locate(["bomb.png"])
+    liar = member._replace(size=100)  # what a hostile central directory would claim
+    tracemalloc.start()
+    with pytest.raises(zipfile.BadZipFile, match="bomb.png.*size or CRC-32"):
+        source.read_located(liar)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 5_000_000  # the 50 MB were never inflated
