@@ -10,6 +10,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 PROFILE_NAMES = ("ci", "demo", "full")
@@ -180,6 +181,9 @@ class DiscoveryConfig(StageConfig):
     max_feature_shift: float = MAX_FEATURE_SHIFT  # as in EmbedConfig: the same metadata space
 
 
+# The notebooks' stage configs, in notebook order (00 ... 05).
+STAGE_CONFIGS = (OverviewConfig, MetadataConfig, CNNConfig, AEConfig, EmbedConfig, DiscoveryConfig)
+
 # Profile overrides, applied along each config's class hierarchy (base classes first).
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "ci": {
@@ -222,14 +226,31 @@ def profile_defaults(cls: type[C], profile: str) -> dict[str, Any]:
     return values
 
 
-def stage_config(cls: type[C], profile: str = "demo", **params: Any) -> C:
-    """Build a stage config: dataclass defaults < profile < explicit parameters (None = not given)."""
+def stage_config(cls: type[C], profile: str = "demo", overrides: Mapping[str, Any] | None = None, **params: Any) -> C:
+    """Build a stage config: dataclass defaults < profile < run-wide ``overrides`` < explicit parameters.
+
+    ``overrides`` hold settings for the whole run (``icecore run -p epochs=3``): this stage takes the ones it
+    has and leaves the rest to the stages that have them (:func:`check_overrides` refuses names no stage has).
+    Explicit parameters must be fields of ``cls``; None means not given.
+    """
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - set(names))
     if unknown:
         raise TypeError(f"{cls.__name__} has no parameter(s) {unknown}; known: {sorted(names)}")
-    given = {k: _coerce(v) for k, v in params.items() if v is not None}
+    mine = {k: v for k, v in (overrides or {}).items() if k in names}
+    given = {k: _coerce(v) for k, v in {**mine, **params}.items() if v is not None}
     return cls(**{**profile_defaults(cls, profile), **given, "profile": profile})
+
+
+def check_overrides(overrides: Mapping[str, Any]) -> None:
+    """Refuse run-wide settings that no notebook stage has (a typo would otherwise change nothing, silently)."""
+    reserved = sorted(set(overrides) & {"profile", "run_dir", "dataset"})
+    if reserved:
+        raise ValueError(f"{reserved} are set by the run itself (icecore run --profile/--dataset), not as overrides")
+    known = {f.name for cls in STAGE_CONFIGS for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"no notebook stage has the setting(s) {unknown}; known: {sorted(known)}")
 
 
 def _coerce(value: Any) -> Any:
@@ -253,9 +274,11 @@ __all__ = [
     "OverviewConfig",
     "PROFILES",
     "PROFILE_NAMES",
+    "STAGE_CONFIGS",
     "StageConfig",
     "SynthConfig",
     "TrainConfig",
+    "check_overrides",
     "default_cache_dir",
     "profile_defaults",
     "stage_config",

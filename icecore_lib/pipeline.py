@@ -10,7 +10,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import runs
-from .config import PROFILE_NAMES
+from .config import PROFILE_NAMES, check_overrides
 from .report import write_report
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -54,9 +54,11 @@ def run_notebooks(
 
     if profile not in PROFILE_NAMES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_NAMES)}")
+    check_overrides(overrides or {})
     paths = notebook_paths(notebooks_dir, only)
     run_dir = runs.new_run_dir(runs_root or runs.runs_root(), name or f"{time.strftime('%Y%m%d-%H%M%S')}-{profile}")
-    parameters = {"profile": profile, "run_dir": str(run_dir.resolve()), "dataset": dataset, **(overrides or {})}
+    parameters = {"profile": profile, "run_dir": str(run_dir.resolve()), "dataset": dataset,
+                  "overrides": dict(overrides or {})}
     runs.atomic_write_yaml(run_dir / "params.yaml", {"parameters": parameters, "notebooks": [p.name for p in paths]})
     runs.atomic_write_json(run_dir / "environment.json", runs.environment_versions())
     out_dir = run_dir / "notebooks"

@@ -3,9 +3,16 @@
 import json
 
 import nbformat
+import pytest
 import yaml
 
 from icecore_lib.pipeline import notebook_paths, run_notebooks
+
+
+def test_a_setting_no_stage_has_is_refused_before_a_run_starts(tmp_path):
+    with pytest.raises(ValueError, match="epoch'"):
+        run_notebooks("ci", only=["00"], runs_root=tmp_path, overrides={"epoch": 3}, progress=False)
+    assert not list(tmp_path.iterdir())
 
 
 def test_notebooks_are_ordered_and_selectable():
@@ -15,7 +22,8 @@ def test_notebooks_are_ordered_and_selectable():
 
 
 def test_run_writes_a_complete_fresh_run_directory(tmp_path):
-    run_dir, results = run_notebooks("ci", only=["00"], runs_root=tmp_path, name="t", progress=False)
+    run_dir, results = run_notebooks("ci", only=["00"], runs_root=tmp_path, name="t", overrides={"bootstrap": 7},
+                                     progress=False)
     again, _ = run_notebooks("ci", only=["00"], runs_root=tmp_path, name="t", progress=False)
     assert run_dir != again and run_dir.name == "t"
     params = yaml.safe_load((run_dir / "params.yaml").read_text())
@@ -26,5 +34,6 @@ def test_run_writes_a_complete_fresh_run_directory(tmp_path):
     executed = nbformat.read(results[0].output, as_version=4)
     assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert (run_dir / "figures" / "00_synthetic_preview.png").stat().st_size > 10_000
-    assert (run_dir / "params" / "00_data_overview.yaml").exists()
+    stage = yaml.safe_load((run_dir / "params" / "00_data_overview.yaml").read_text())
+    assert stage["bootstrap"] == 7 and params["parameters"]["overrides"] == {"bootstrap": 7}
     assert "00_data_overview" in (run_dir / "report.html").read_text()
