@@ -111,10 +111,14 @@ def _pack_in_child(part: ResolvedPart, size: int, cache: Path, workers: int) -> 
     pack_part(part, size, cache, workers=workers, progress=False)
 
 
+def journal_records(cache: Path) -> list[Path]:
+    """The chunk records in the journal of an unfinished pack."""
+    return list(cache.glob("packed/.*.partial/journal/*.json"))
+
+
 def journalled(cache: Path) -> int:
     """Crops the journal of an unfinished pack records as decoded."""
-    journals = list((cache / "packed").glob(".*.partial/journal/*.json"))
-    return sum(len(pd.read_json(path, typ="series")["shapes"]) for path in journals)
+    return sum(len(pd.read_json(path, typ="series")["shapes"]) for path in journal_records(cache))
 
 
 def interrupted_pack(part: ResolvedPart, n: int, size: int, cache: Path, workers: int, fraction: float
@@ -125,7 +129,7 @@ def interrupted_pack(part: ResolvedPart, n: int, size: int, cache: Path, workers
     child = ctx.Process(target=_pack_in_child, args=(part, size, cache, workers))
     start = time.perf_counter()
     child.start()
-    while child.is_alive() and len(list(cache.glob("packed/.*.partial/journal/*.json"))) * DECODE_CHUNK < fraction * n:
+    while child.is_alive() and len(journal_records(cache)) * DECODE_CHUNK < fraction * n:
         time.sleep(0.5)
     for proc in psutil.Process(child.pid).children(recursive=True) if child.is_alive() else []:
         proc.kill()

@@ -31,6 +31,7 @@ from .train import batch_options, fit, predict, seed_everything
 
 KINDS = ("mlp", "image", "both")
 EMBED_PREFIX = "emb_"
+PROBA_PREFIX = "p_"  # the calibrated probability columns of the core predictions table
 
 
 @dataclass(frozen=True)
@@ -201,11 +202,17 @@ def core_table(outputs: ClassifierOutputs, temperature: float, thresholds: pd.Se
     """Per core particle: calibrated probabilities, predicted class, max probability, unassigned flag, embedding."""
     proba = outputs.core_proba(temperature)
     pred, unassigned = ev.apply_thresholds(proba, thresholds)
-    table = proba.add_prefix("p_").assign(pred=proba.idxmax(axis=1), max_prob=proba.max(axis=1),
+    table = proba.add_prefix(PROBA_PREFIX).assign(pred=proba.idxmax(axis=1), max_prob=proba.max(axis=1),
                                           assigned=pred, unassigned=unassigned)
     if outputs.core_embedding is not None:
         table = table.join(outputs.core_embedding)
     return table
+
+
+def table_proba(core_predictions: pd.DataFrame) -> pd.DataFrame:
+    """The calibrated class probabilities of a :func:`core_table` (or its saved copy), one column per class."""
+    columns = [c for c in core_predictions.columns if c.startswith(PROBA_PREFIX)]
+    return core_predictions[columns].rename(columns=lambda c: c.removeprefix(PROBA_PREFIX))
 
 
 def train_priors(classes: Sequence[str], table: pd.DataFrame) -> pd.Series:

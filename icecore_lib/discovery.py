@@ -197,7 +197,7 @@ def open_set_compositions(core_pred: pd.DataFrame, unknown: pd.Series, table: pd
     correction can undo that, setting the flagged particles aside can. ``core_pred``: notebook 02's table
     (calibrated ``p_<class>`` columns).
     """
-    proba = core_pred.filter(regex="^p_").rename(columns=lambda c: c[2:])
+    proba = classify.table_proba(core_pred)
     kept = ~unknown.reindex(proba.index).fillna(False).astype(bool)
     if not kept.any():
         raise ValueError("every core particle is flagged unknown: there is no known-class composition to estimate")
