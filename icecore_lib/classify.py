@@ -25,7 +25,7 @@ from .models.bdt import BDTClassifier, search
 from .models.cnn import ParticleCNN
 from .models.mlp import MetadataMLP
 from .runs import atomic_write_json, read_part_tables, write_part_tables
-from .schema import FLOWCAM_FEATURES, LABEL, SPLIT
+from .schema import LABEL, SPLIT, feature_set
 from .torchdata import FeatureScaler, choose_batches
 from .train import batch_options, fit, predict, seed_everything
 
@@ -78,13 +78,13 @@ def class_keys(bundle: DatasetBundle, exclude: tuple[str, ...] = ()) -> list[str
 
 
 def build_torch_classifier(kind: str, n_classes: int, cfg: TrainConfig) -> Any:
-    """The study's networks: NN_META (``mlp``), CNN_IMG (``image``), CNN_BOTH (``both``)."""
+    """The study's networks: NN_META (``mlp``), CNN_IMG (``image``), CNN_BOTH (``both``), fed ``cfg.metadata_features``."""
+    n_features = len(feature_set(cfg.metadata_features))
     if kind == "mlp":
-        return MetadataMLP(len(FLOWCAM_FEATURES), n_classes)
+        return MetadataMLP(n_features, n_classes)
     if kind in ("image", "both"):
-        n_features = len(FLOWCAM_FEATURES) if kind == "both" else 0
-        return ParticleCNN(n_classes, n_features=n_features, weights=getattr(cfg, "weights", "none"),
-                           flat_field=cfg.flat_field)
+        return ParticleCNN(n_classes, n_features=n_features if kind == "both" else 0,
+                           weights=getattr(cfg, "weights", "none"), flat_field=cfg.flat_field)
     raise ValueError(f"unknown classifier kind {kind!r}; choose one of {KINDS}")
 
 
@@ -98,7 +98,7 @@ def fit_torch_classifier(
     """
     table = bundle.train.table
     classes = class_keys(bundle, exclude)
-    scaler = FeatureScaler().fit(table)
+    scaler = FeatureScaler(columns=feature_set(cfg.metadata_features)).fit(table)
     features = scaler.transform(table)
     images = None if kind == "mlp" else bundle.train.images
     known = table[LABEL].isin(classes).to_numpy()
@@ -126,22 +126,24 @@ def fit_torch_classifier(
 
 
 def fit_bdt(bundle: DatasetBundle, cfg: MetadataConfig, out_dir: Path, *, progress: bool = True) -> tuple[BDTClassifier, ClassifierOutputs, pd.DataFrame | None]:
-    """XGBoost on the 34 features: optional randomized CV search, then a fit with early stopping on val."""
+    """XGBoost on ``cfg.metadata_features``: optional randomized CV search, then a fit with early stopping on val."""
     table = bundle.train.table
     classes = class_keys(bundle)
+    columns = list(feature_set(cfg.metadata_features))
     train = table.loc[split_ids(table, "train")]
     train = train[train[LABEL].isin(classes)]
     val = table.loc[split_ids(table, "val")]
     val = val[val[LABEL].isin(classes)]
-    X, y = train[list(FLOWCAM_FEATURES)], train[LABEL]
+    X, y = train[columns], train[LABEL]
     model = BDTClassifier(eta=cfg.eta, max_depth=cfg.max_depth, n_estimators=cfg.n_estimators,
-                          early_stopping_rounds=cfg.early_stopping_rounds, device=cfg.device, seed=cfg.seed)
+                          early_stopping_rounds=cfg.early_stopping_rounds, device=cfg.device, seed=cfg.seed,
+                          features=columns)
     results = None
     if cfg.search_iterations > 0:
         best, results = search(X, y, n_iter=cfg.search_iterations, cv=cfg.cv_folds, seed=cfg.seed, base=model,
                                progress=progress)
         model.set_params(**best)
-    model.fit(X, y, eval_set=(val[list(FLOWCAM_FEATURES)], val[LABEL]))
+    model.fit(X, y, eval_set=(val[columns], val[LABEL]))
     model.save(out_dir / "bdt.json")
     outputs = ClassifierOutputs(
         "bdt", [str(c) for c in model.classes_], _log_proba(model, table),
@@ -152,7 +154,7 @@ def fit_bdt(bundle: DatasetBundle, cfg: MetadataConfig, out_dir: Path, *, progre
 
 def _log_proba(model: BDTClassifier, table: pd.DataFrame) -> pd.DataFrame:
     """XGBoost's probabilities as logits (log p), so every model is calibrated and scored the same way."""
-    proba = model.predict_proba_frame(table[list(FLOWCAM_FEATURES)])
+    proba = model.predict_proba_frame(table[list(model.feature_names_in_)])
     return np.log(proba.clip(lower=1e-12))
 
 

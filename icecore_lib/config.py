@@ -113,6 +113,7 @@ class TrainConfig(StageConfig):
     # Image models divide each crop by its own border background first: the core's sessions are lit
     # differently from the reference set's (see ImageNorm). False reproduces the study's plain normalisation.
     flat_field: bool = True
+    metadata_features: str = "all"  # a schema.FEATURE_SETS name: the features a model's metadata input gets
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,9 @@ class CNNConfig(TrainConfig):
     weights: str = "none"  # none | imagenet (needs internet once)
     variants: tuple[str, ...] = ("image", "both")
     target_precision: float = 0.95
+    # The fused model's metadata branch gets the outline and size features only: the gray-level ones follow the
+    # session's light (schema.GRAY_LEVEL_FEATURES), which the core does not share. "all" gives the study's 34.
+    metadata_features: str = "shape"
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,23 @@ FLOWCAM_FEATURES: tuple[str, ...] = (
     "Width",
 )
 
+# Features computed from the crop's gray levels: they follow a session's illumination, exposure and focus as
+# well as the particle. On the demo core they shift by about one within-class SD from the lab's sessions
+# (notebook 04's shift table), where every outline and size feature moves by under 0.3.
+GRAY_LEVEL_FEATURES: tuple[str, ...] = ("Edge Gradient", "Intensity", "Sigma Intensity", "Sum Intensity")
+# Named feature sets a model's metadata input can take: the study's 34, or the outline and size ones only.
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "all": FLOWCAM_FEATURES,
+    "shape": tuple(f for f in FLOWCAM_FEATURES if f not in GRAY_LEVEL_FEATURES),
+}
+
+
+def feature_set(name: str) -> tuple[str, ...]:
+    """The feature columns of a named set in ``FEATURE_SETS`` (an error lists the names)."""
+    if name not in FEATURE_SETS:
+        raise ValueError(f"unknown metadata feature set {name!r}; choose one of {', '.join(FEATURE_SETS)}")
+    return FEATURE_SETS[name]
+
 # Table columns (after a manifest's column mapping is applied).
 IMGPATH = "imgpaths"
 LABEL = "label"
