@@ -223,13 +223,23 @@ def train_priors(classes: Sequence[str], table: pd.DataFrame) -> pd.Series:
     return labels.value_counts(normalize=True).reindex(list(classes), fill_value=0.0)
 
 
+def confusion_rates(outputs: ClassifierOutputs, table: pd.DataFrame) -> pd.DataFrame:
+    """The validation split's row-normalised confusion matrix (rows true): what adjusted counting inverts."""
+    val = split_ids(table, "val")
+    pred = outputs.labelled_logits.loc[val].idxmax(axis=1)
+    return ev.row_normalise(ev.confusion_counts(table.loc[val, LABEL], pred, outputs.classes))
+
+
 def compositions(outputs: ClassifierOutputs, table: pd.DataFrame, temperature: float, *, n_boot: int,
                  seed: int) -> dict[str, pd.DataFrame]:
-    """Core composition by classify-and-count and by EM prior adjustment, each with bootstrap intervals."""
+    """Core composition by classify-and-count, adjusted count and EM prior adjustment, with bootstrap intervals.
+
+    The intervals resample the core's particles; the validation confusion rates of the adjusted count stay fixed.
+    """
     proba = outputs.core_proba(temperature)
-    priors = train_priors(outputs.classes, table)
-    return {method: quantify.bootstrap_composition(proba, method, n_boot=n_boot, seed=seed, train_priors=priors)
-            for method in ("cc", "em")}
+    options = {"train_priors": train_priors(outputs.classes, table), "confusion_rates": confusion_rates(outputs, table)}
+    return {method: quantify.bootstrap_composition(proba, method, n_boot=n_boot, seed=seed, **options)
+            for method in ("cc", "acc", "em")}
 
 
 def comparison_table(metrics: dict[str, Any], tests: dict[str, dict[str, Any]]) -> pd.DataFrame:

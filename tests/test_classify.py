@@ -1,5 +1,5 @@
-"""The notebooks' training workflows: the same model whatever the kernel did before (seeded initial weights), and
-the fused model's metadata input."""
+"""The notebooks' classifier workflows: the same model whatever the kernel did before (seeded initial weights),
+the fused model's metadata input, and the core's composition."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from icecore_lib import autoencode, classify
+from icecore_lib import autoencode, classify, quantify
 from icecore_lib.config import AEConfig, CNNConfig, stage_config
 from icecore_lib.schema import FLOWCAM_FEATURES, GRAY_LEVEL_FEATURES, feature_set
 
@@ -66,3 +66,30 @@ def test_the_fused_model_reads_no_gray_level_feature_by_default(tiny_bundle, tmp
 def test_an_unknown_feature_set_is_refused_naming_the_choices() -> None:
     with pytest.raises(ValueError, match="'colour'.*all, shape"):
         feature_set("colour")
+
+
+def _outputs_of_a_calibrated_two_class_model(rng: np.random.Generator) -> tuple[classify.ClassifierOutputs, pd.DataFrame, pd.Series]:
+    """Lab (balanced train/val) and core (90% 'a') particles of a 1-D model: x ~ N(+-1, 1), logits (x, -x)."""
+    lab_y = np.repeat(["a", "b"], 1000)
+    core_y = np.repeat(["a", "b"], [1800, 200])
+
+    def logits(y: np.ndarray, prefix: str) -> pd.DataFrame:
+        x = rng.normal(np.where(y == "a", 1.0, -1.0), 1.0)
+        return pd.DataFrame({"a": x, "b": -x}, index=[f"{prefix}{i}" for i in range(len(y))])
+
+    lab, core = logits(lab_y, "lab"), logits(core_y, "core")
+    table = pd.DataFrame({"label": lab_y, "split": np.tile(["train", "val"], 1000)}, index=lab.index)
+    outputs = classify.ClassifierOutputs("toy", ["a", "b"], lab, core)
+    return outputs, table, pd.Series(core_y, index=core.index)
+
+
+def test_prior_shift_corrections_beat_raw_counts_on_a_shifted_core() -> None:
+    """Notebook 02's compositions: a classifier trained on 50/50 overcounts the rare class of a 90/10 core."""
+    outputs, table, truth = _outputs_of_a_calibrated_two_class_model(np.random.default_rng(0))
+    found = classify.compositions(outputs, table, 1.0, n_boot=20, seed=0)
+    assert list(found) == ["cc", "acc", "em"]
+    errors = quantify.composition_error({m: c["fraction"] for m, c in found.items()}, truth)
+    assert errors.loc["b", "cc_abs_error"] > 0.1  # 16% of the 1,800 'a' particles are counted as 'b'
+    assert errors.loc["b", "acc_abs_error"] < 0.03 and errors.loc["b", "em_abs_error"] < 0.03
+    for table_ in found.values():
+        assert (table_["ci_low"] <= table_["fraction"]).all() and (table_["fraction"] <= table_["ci_high"]).all()
