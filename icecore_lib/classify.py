@@ -32,6 +32,7 @@ from .train import batch_options, fit, predict, seed_everything
 KINDS = ("mlp", "image", "both")
 EMBED_PREFIX = "emb_"
 PROBA_PREFIX = "p_"  # the calibrated probability columns of the core predictions table
+COMPOSITION_METHODS = ("cc", "acc", "em")  # raw counts, then the two prior-shift corrections
 
 
 @dataclass(frozen=True)
@@ -230,16 +231,33 @@ def confusion_rates(outputs: ClassifierOutputs, table: pd.DataFrame) -> pd.DataF
     return ev.row_normalise(ev.confusion_counts(table.loc[val, LABEL], pred, outputs.classes))
 
 
+def _composition_options(outputs: ClassifierOutputs, table: pd.DataFrame) -> dict[str, Any]:
+    """What the corrections need: the training priors (EM) and the validation confusion rates (adjusted count)."""
+    return {"train_priors": train_priors(outputs.classes, table), "confusion_rates": confusion_rates(outputs, table)}
+
+
 def compositions(outputs: ClassifierOutputs, table: pd.DataFrame, temperature: float, *, n_boot: int,
                  seed: int) -> dict[str, pd.DataFrame]:
     """Core composition by classify-and-count, adjusted count and EM prior adjustment, with bootstrap intervals.
 
     The intervals resample the core's particles; the validation confusion rates of the adjusted count stay fixed.
     """
-    proba = outputs.core_proba(temperature)
-    options = {"train_priors": train_priors(outputs.classes, table), "confusion_rates": confusion_rates(outputs, table)}
+    proba, options = outputs.core_proba(temperature), _composition_options(outputs, table)
     return {method: quantify.bootstrap_composition(proba, method, n_boot=n_boot, seed=seed, **options)
-            for method in ("cc", "acc", "em")}
+            for method in COMPOSITION_METHODS}
+
+
+def sample_errors(outputs: ClassifierOutputs, table: pd.DataFrame, temperature: float, samples: pd.Series,
+                  truth: pd.Series) -> pd.DataFrame:
+    """Per core sample: each method's mean absolute error per class against the truth, and its particle count.
+
+    Each depth sample has a composition of its own (an ash layer, a dusty stretch), so each has its own prior shift.
+    """
+    proba, options = outputs.core_proba(temperature), _composition_options(outputs, table)
+    samples = samples.reindex(proba.index)
+    by_sample = {method: quantify.composition_by_group(proba, samples, method, progress=False, **options)
+                 for method in COMPOSITION_METHODS}
+    return quantify.group_errors(by_sample, truth, samples).join(samples.value_counts().rename("n_particles"))
 
 
 def comparison_table(metrics: dict[str, Any], tests: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -290,8 +308,8 @@ def core_recall_table(outputs: ClassifierOutputs, test: dict[str, Any], bundle: 
 
 
 def cnn_metrics(tests: dict[str, dict[str, Any]], best: str, calibration: Calibration, coverage: pd.DataFrame,
-                probe: Any, core_drop: Any, core_recall: pd.DataFrame | None, errors: pd.DataFrame | None
-                ) -> dict[str, Any]:
+                probe: Any, core_drop: Any, core_recall: pd.DataFrame | None, errors: pd.DataFrame | None,
+                per_sample: pd.DataFrame | None = None) -> dict[str, Any]:
     """Everything notebook 02 reports, as plain values for metrics.json."""
     metrics: dict[str, Any] = {v: ev.metric_scalars(r) for v, r in tests.items()}
     metrics["core_model"] = best
@@ -305,6 +323,8 @@ def cnn_metrics(tests: dict[str, dict[str, Any]], best: str, calibration: Calibr
         metrics["core_recall"] = core_recall.to_dict(orient="index")
     if errors is not None:
         metrics["composition_mae"] = errors.filter(like="_abs_error").mean().to_dict()
+    if per_sample is not None:
+        metrics["composition_mae_per_sample"] = per_sample[list(COMPOSITION_METHODS)].mean().to_dict()
     return metrics
 
 

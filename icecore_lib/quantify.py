@@ -181,6 +181,21 @@ def composition_error(estimate: Mapping[str, pd.Series] | pd.DataFrame, truth_la
     return result
 
 
+def group_errors(by_group: Mapping[str, pd.DataFrame], truth_labels: pd.Series, groups: pd.Series) -> pd.DataFrame:
+    """Per group (e.g. depth sample): each method's mean absolute error per class against that group's truth.
+
+    ``by_group``: method -> :func:`composition_by_group` table grouped by ``groups`` (a per-particle Series named
+    like the group column); ``truth_labels``: each particle's true class, keyed like ``groups``.
+    """
+    column = groups.name
+    rows = {}
+    for key, ids in groups.groupby(groups, sort=True).groups.items():
+        estimates = {method: long[long[column] == key].set_index("class")["fraction"] for method, long in by_group.items()}
+        errors = composition_error(estimates, truth_labels.reindex(ids))
+        rows[key] = errors.filter(like="_abs_error").mean().rename(lambda c: c.removesuffix("_abs_error"))
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(column)
+
+
 __all__ = [
     "METHODS",
     "adjusted_count",
@@ -190,4 +205,5 @@ __all__ = [
     "composition_error",
     "em_prior_adjust",
     "estimate_composition",
+    "group_errors",
 ]

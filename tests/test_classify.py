@@ -93,3 +93,13 @@ def test_prior_shift_corrections_beat_raw_counts_on_a_shifted_core() -> None:
     assert errors.loc["b", "acc_abs_error"] < 0.03 and errors.loc["b", "em_abs_error"] < 0.03
     for table_ in found.values():
         assert (table_["ci_low"] <= table_["fraction"]).all() and (table_["fraction"] <= table_["ci_high"]).all()
+
+
+def test_each_core_sample_is_scored_against_its_own_truth() -> None:
+    outputs, table, truth = _outputs_of_a_calibrated_two_class_model(np.random.default_rng(1))
+    samples = pd.Series(np.repeat(["S1", "S2"], 1000), index=truth.index, name="sample_id")
+    errors = classify.sample_errors(outputs, table, 1.0, samples, truth)
+    assert list(errors.index) == ["S1", "S2"] and list(errors.columns) == ["cc", "acc", "em", "n_particles"]
+    assert errors["n_particles"].tolist() == [1000, 1000]
+    assert (errors["cc"] > 0.05).all()  # both samples hold more 'a' than the lab's 50%
+    assert errors[["acc", "em"]].lt(errors["cc"], axis=0).all().all()

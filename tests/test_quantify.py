@@ -15,6 +15,7 @@ from icecore_lib.quantify import (
     composition_error,
     em_prior_adjust,
     estimate_composition,
+    group_errors,
 )
 
 CLASSES = ["camp", "dust", "grim"]
@@ -128,3 +129,18 @@ def test_composition_plots_return_figures_and_save_pngs(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="depth_m"):
         plot_composition_depth(by_depth.drop(columns="depth_m"))
+
+
+def test_group_errors_score_each_sample_against_its_own_truth():
+    shallow, shallow_y = _shifted_core([0.8, 0.1, 0.1], n=600, seed=1)
+    deep, deep_y = _shifted_core([0.1, 0.1, 0.8], n=600, seed=2)
+    proba = pd.concat([shallow, deep.set_axis([f"deep/{i}" for i in range(600)])])
+    labels = pd.Series(np.r_[shallow_y, deep_y], index=proba.index)
+    samples = pd.Series(["S1"] * 600 + ["S2"] * 600, index=proba.index, name="sample_id")
+    by_group = {m: composition_by_group(proba, samples, m, train_priors=[1 / 3] * 3, progress=False) for m in ("cc", "em")}
+    errors = group_errors(by_group, labels, samples)
+    assert list(errors.index) == ["S1", "S2"] and list(errors.columns) == ["cc", "em"]
+    em_deep = by_group["em"].set_index(["sample_id", "class"])["fraction"]["S2"].reindex(CLASSES)
+    truth_deep = pd.Series(deep_y).value_counts(normalize=True).reindex(CLASSES, fill_value=0.0)
+    assert errors.loc["S2", "em"] == pytest.approx(np.mean(np.abs(em_deep.to_numpy() - truth_deep.to_numpy())))
+    assert (errors["em"] < errors["cc"]).all()  # each sample's prior shift biases its raw counts
