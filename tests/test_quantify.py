@@ -124,7 +124,10 @@ def test_composition_plots_return_figures_and_save_pngs(tmp_path):
                                     train_priors=priors, progress=False)
     fig = plot_composition({"raw": raw, "EM": corrected}, truth=truth, path=tmp_path / "composition.png")
     depth_fig = plot_composition_depth(by_depth, path=tmp_path / "depth.png")
-    assert fig.axes and depth_fig.axes[0].yaxis_inverted()
+    assert depth_fig.axes[0].yaxis_inverted()
+    errors = fig.axes[1].patches  # the lower panel: each method's estimate - truth, class by class
+    np.testing.assert_allclose([p.get_height() for p in errors[:3]], raw["fraction"] - truth)
+    assert len(plot_composition({"raw": raw}).axes) == 1  # no truth, no error panel
     for name in ("composition.png", "depth.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="depth_m"):

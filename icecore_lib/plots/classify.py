@@ -216,29 +216,45 @@ def _as_composition(value: pd.DataFrame | pd.Series) -> pd.DataFrame:
 
 def plot_composition(compositions: Mapping[str, pd.DataFrame | pd.Series], truth: pd.Series | None = None,
                      path: Path | str | None = None, title: str = "Core composition") -> Figure:
-    """Class fractions by method (e.g. raw vs corrected) with bootstrap intervals, and the truth when known."""
+    """Class fractions by method (e.g. raw vs corrected) with bootstrap intervals; with the truth, also each
+    method's error (estimate - truth) below, where the small classes' differences show."""
     tables = {name: _as_composition(v) for name, v in compositions.items()}
     classes = list(next(iter(tables.values())).index)
     series = dict(tables)
     if truth is not None:
         series["truth"] = _as_composition(truth.reindex(classes, fill_value=0.0))
-    fig = Figure(figsize=(max(7, 1.2 * len(classes)), 4.2), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / len(series)
+    fig = Figure(figsize=(max(7, 1.2 * len(classes)), 4.2 if truth is None else 6.6), layout="constrained")
+    axes = fig.subplots(1 if truth is None else 2, 1, sharex=True, squeeze=False,
+                        height_ratios=None if truth is None else [3, 2])[:, 0]
+    _composition_bars(axes[0], series, classes)
+    axes[0].set_ylabel("fraction of particles")
+    axes[0].set_title(title)
+    if truth is not None:
+        errors = {name: table.reindex(classes)[["fraction", "ci_low", "ci_high"]].sub(series["truth"]["fraction"], axis=0)
+                  for name, table in tables.items()}
+        _composition_bars(axes[1], errors, classes, offset_of=list(series))
+        axes[1].axhline(0.0, color="black", lw=0.8)
+        axes[1].set_ylabel("estimate - truth")
+    axes[-1].set_xticks(np.arange(len(classes)), _names(classes), rotation=30, ha="right", fontsize=8)
+    axes[0].legend(fontsize=8)
+    return save(fig, path)
+
+
+def _composition_bars(ax: Any, series: Mapping[str, pd.DataFrame], classes: list[str],
+                      offset_of: list[str] | None = None) -> None:
+    """Grouped bars per class, one per series, with interval whiskers where the series has them."""
+    slots = offset_of or list(series)
+    width = 0.8 / len(slots)
     x = np.arange(len(classes))
-    for k, (name, table) in enumerate(series.items()):
+    for name, table in series.items():
         table = table.reindex(classes)
+        k = slots.index(name)
         fraction = table["fraction"].to_numpy(dtype=float)
         error = np.vstack([fraction - table["ci_low"].to_numpy(dtype=float),
                            table["ci_high"].to_numpy(dtype=float) - fraction])
-        ax.bar(x + (k - (len(series) - 1) / 2) * width, fraction, width, label=name,
+        ax.bar(x + (k - (len(slots) - 1) / 2) * width, fraction, width, label=name,
                yerr=None if np.isnan(error).all() else np.nan_to_num(error), capsize=3,
-               color="black" if name == "truth" else None, alpha=0.35 if name == "truth" else 1.0)
-    ax.set_xticks(x, _names(classes), rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("fraction of particles")
-    ax.legend(fontsize=8)
-    ax.set_title(title)
-    return save(fig, path)
+               color="black" if name == "truth" else f"C{k}", alpha=0.35 if name == "truth" else 1.0)
 
 
 def plot_composition_depth(long: pd.DataFrame, depth: str = schema.DEPTH, path: Path | str | None = None) -> Figure:
