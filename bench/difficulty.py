@@ -30,7 +30,7 @@ from xgboost import XGBClassifier
 
 from icecore_lib.config import synth_config
 from icecore_lib.schema import FLOWCAM_FEATURES, IMGPATH, LABEL
-from icecore_lib.synth import generate
+from icecore_lib.synth.dataset import generate
 
 
 def load_train(folder: Path, size: int) -> tuple[pd.DataFrame, np.ndarray]:

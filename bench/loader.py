@@ -29,11 +29,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from icecore_lib.config import synth_config
-from icecore_lib.manifest import CsvFile, ResolvedPart
-from icecore_lib.pack import pack_part
+from icecore_lib.data.manifest import CsvFile, ResolvedPart
+from icecore_lib.data.pack import pack_part
+from icecore_lib.images.decode import decode_many
+from icecore_lib.images.sources import ZipSource
 from icecore_lib.schema import CLASSES, IMGPATH
-from icecore_lib.sources import ZipSource, decode_many
-from icecore_lib.synth import generate
+from icecore_lib.synth.dataset import generate
 
 
 class ZipCropDataset(Dataset):

@@ -34,11 +34,11 @@ import pandas as pd
 import psutil
 
 from icecore_lib.config import synth_config
-from icecore_lib.manifest import CsvFile, ResolvedPart
-from icecore_lib.pack import pack_part
+from icecore_lib.data.manifest import CsvFile, ResolvedPart
+from icecore_lib.data.pack import pack_part
+from icecore_lib.images.decode import DECODE_CHUNK, default_workers
 from icecore_lib.schema import CLASSES, IMGPATH
-from icecore_lib.sources import DECODE_CHUNK, default_workers
-from icecore_lib.synth import generate
+from icecore_lib.synth.dataset import generate
 
 # torch and the models are imported where the CNN runs: packing workers are spawned processes that re-import
 # this script, and each would otherwise load torch (hundreds of MB of private memory per worker) for nothing.
@@ -145,10 +145,11 @@ def classify_stream(images: np.ndarray, rows: int, batch_size: int, device_name:
     DataLoader; the clock includes that upload. Returns the rate, the rows predicted and where they ran."""
     import torch
 
-    from icecore_lib.classify import build_torch_classifier
     from icecore_lib.config import TrainConfig
-    from icecore_lib.torchdata import choose_batches
-    from icecore_lib.train import predict, resolve_device
+    from icecore_lib.nn.batches import choose_batches
+    from icecore_lib.nn.device import resolve_device
+    from icecore_lib.nn.loop import predict
+    from icecore_lib.train.classifier import build_torch_classifier
 
     device = resolve_device(device_name)
     model = build_torch_classifier("image", len(CLASSES), TrainConfig())

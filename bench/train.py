@@ -23,8 +23,9 @@ import torch.nn.functional as F
 
 from icecore_lib.config import TrainConfig
 from icecore_lib.models.cnn import ParticleCNN
-from icecore_lib.torchdata import choose_batches
-from icecore_lib.train import fit, resolve_device, seed_everything
+from icecore_lib.nn.batches import choose_batches
+from icecore_lib.nn.device import resolve_device, seed_everything
+from icecore_lib.nn.loop import fit
 
 N_CLASSES = 7
 

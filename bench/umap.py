@@ -15,15 +15,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from icecore_lib.embed.compare import Timer, compare_embeddings
+from icecore_lib.embed.umap import UMAPReducer
+from icecore_lib.models.pumap import ParametricUMAP
+
 # Run as a script, this file's folder heads sys.path and its name would shadow the umap-learn package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-
-from icecore_lib.embed import Timer, UMAPReducer, compare_embeddings  # noqa: E402
-from icecore_lib.models.pumap import ParametricUMAP  # noqa: E402
 
 WARMUP_POINTS = 4200  # above the 4096-point switch to approximate neighbours in both libraries
 

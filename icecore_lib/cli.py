@@ -6,25 +6,18 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from .config import PROFILE_NAMES, StageConfig, stage_config, synth_config
-
-
-def _parse_override(text: str) -> tuple[str, Any]:
-    """Parse ``key=value`` with the value read as YAML (numbers, booleans, lists)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key, yaml.safe_load(value)
+from .config import PROFILE_NAMES, StageConfig, parse_override, stage_config, synth_config
+from .data.dataset import check_dataset, load_dataset
+from .run.pipeline import run_notebooks
+from .run.report import write_report
+from .synth.dataset import generate
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Write a synthetic dataset in the instrument's format."""
-    from .synth import generate
-
     cfg = synth_config(args.profile, seed=args.seed, **({"workers": args.workers} if args.workers else {}))
     summary = generate(Path(args.out), cfg, progress=not args.quiet)
     print(yaml.safe_dump(summary, sort_keys=False))
@@ -42,8 +35,6 @@ def _stage(args: argparse.Namespace) -> StageConfig:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a dataset and print the report; non-zero exit when anything is wrong (strict)."""
-    from .data import check_dataset
-
     reports = check_dataset(_stage(args), progress=not args.quiet)
     for part, report in reports.items():
         print(f"== {args.dataset or 'synthetic-' + args.profile} / {part}")
@@ -57,8 +48,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     """Decode, resize and pack a dataset's images once into the uint8 cache."""
-    from .data import load_dataset
-
     start = time.perf_counter()
     bundle = load_dataset(_stage(args), progress=not args.quiet)
     seconds = time.perf_counter() - start
@@ -70,8 +59,6 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Execute the ordered notebooks into a fresh run directory."""
-    from .pipeline import run_notebooks
-
     overrides = dict(args.param or [])
     run_dir, results = run_notebooks(
         args.profile, dataset=args.dataset, name=args.name, only=args.only, overrides=overrides,
@@ -85,8 +72,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write a run's one-page HTML report (notebooks, figures, metrics, parameters) to share by e-mail."""
-    from .report import write_report
-
     path = write_report(args.run_dir, args.out or None, with_code=args.with_code, progress=not args.quiet)
     print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
@@ -129,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="run directory name (default: timestamp-profile)")
     p.add_argument("--runs-root", default="", help="default: $ICECORE_RUNS or runs/")
     p.add_argument("--only", nargs="+", help="notebook numbers or names to run, e.g. 00 01")
-    p.add_argument("-p", "--param", action="append", type=_parse_override, metavar="KEY=VALUE",
+    p.add_argument("-p", "--param", action="append", type=parse_override, metavar="KEY=VALUE",
                    help="notebook parameter override (repeatable), e.g. -p epochs=3")
     p.set_defaults(func=cmd_run)
 

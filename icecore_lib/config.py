@@ -6,12 +6,15 @@ stage config with :func:`stage_config`, so the library never reads globals.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, TypeVar
+
+import yaml
 
 PROFILE_NAMES = ("ci", "demo", "full")
 
@@ -104,9 +107,7 @@ class TrainConfig(StageConfig):
     patience: int = 5
     num_workers: int = 0
     augment: bool = True
-    # Defocus and noise augmentation: sessions differ in focus and noise. On the demo core (other sessions)
-    # blur 1.0 + noise 3.0 raised the image CNN's core recall of contamination from 0.46 to 0.61 and of ash #2
-    # from 0.86 to 0.96 at the same test accuracy. 0 turns either off.
+    # Defocus and noise augmentation: sessions differ in focus and noise (measured: docs/measurements.md). 0 = off.
     augment_blur: float = 1.0  # largest random defocus sigma (px at model size)
     augment_noise: float = 3.0  # largest random noise std (gray levels)
     compile: bool = False  # torch.compile the model (CUDA; pays a one-off compile time)
@@ -177,16 +178,22 @@ class DiscoveryConfig(StageConfig):
     ae_latent: int = 64  # which autoencoder of notebook 03 gives the reconstruction loss and the AE space
     flag_quantile: float = 0.01  # a score flags a particle in its top 1% (against training)
     # The "unknown" threshold catches this share of held-out-class particles (pooled LOCO folds). Held-out lab
-    # classes are harder to tell from their neighbours than a truly new type; 0.5 keeps the known particles'
-    # false-alarm rate near 2% on the demo folds (0.9 flagged half the known particles).
+    # classes are harder to tell from their neighbours than a truly new type (docs/measurements.md).
     target_tpr: float = 0.5
     combine_margin: float = 0.05  # the combined rank averages the stable scores within this LOCO AUROC of the best
     max_score_shift: float = 0.05  # a score is stable when the lab -> core shift moves it by at most this (percentile)
     max_feature_shift: float = MAX_FEATURE_SHIFT  # as in EmbedConfig: the same metadata space
 
 
-# The notebooks' stage configs, in notebook order (00 ... 05).
-STAGE_CONFIGS = (OverviewConfig, MetadataConfig, CNNConfig, AEConfig, EmbedConfig, DiscoveryConfig)
+# Each notebook's stage (the name its parameters and metrics are recorded under) and its config, in notebook order.
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {
+    "00_data_overview": OverviewConfig,
+    "01_metadata": MetadataConfig,
+    "02_cnn": CNNConfig,
+    "03_autoencoder": AEConfig,
+    "04_umap": EmbedConfig,
+    "05_discovery": DiscoveryConfig,
+}
 
 # Profile overrides, applied along each config's class hierarchy (base classes first).
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
@@ -251,7 +258,7 @@ def check_overrides(overrides: Mapping[str, Any]) -> None:
     reserved = sorted(set(overrides) & {"profile", "run_dir", "dataset"})
     if reserved:
         raise ValueError(f"{reserved} are set by the run itself (icecore run --profile/--dataset), not as overrides")
-    known = {f.name for cls in STAGE_CONFIGS for f in dataclasses.fields(cls)}
+    known = {f.name for cls in STAGE_CONFIGS.values() for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"no notebook stage has the setting(s) {unknown}; known: {sorted(known)}")
@@ -289,3 +296,11 @@ __all__ = [
     "synth_config",
     "to_dict",
 ]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` with the value read as YAML (numbers, booleans, lists)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, yaml.safe_load(value)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from icecore_lib.evaluate import UNASSIGNED, as_proba_frame
+from .evaluate import UNASSIGNED, as_proba_frame
 
 METHODS = ("cc", "pcc", "acc", "em")
 

@@ -41,9 +41,7 @@ FLOWCAM_FEATURES: tuple[str, ...] = (
 )
 
 # Features computed from the crop's gray levels: they follow a session's illumination, exposure and focus as
-# well as the particle. On the demo core (notebook 04's shift table) Intensity, Sigma Intensity and Edge Gradient
-# move by about one within-class SD from the lab's sessions, Sum Intensity (a gray level times an area) by 0.2,
-# and no outline or size feature by more than 0.1.
+# well as the particle (their measured shift: docs/measurements.md).
 GRAY_LEVEL_FEATURES: tuple[str, ...] = ("Edge Gradient", "Intensity", "Sigma Intensity", "Sum Intensity")
 # Named feature sets a model's metadata input can take: the study's 34, or the outline and size ones only.
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
@@ -58,6 +56,10 @@ def feature_set(name: str) -> tuple[str, ...]:
         raise ValueError(f"unknown metadata feature set {name!r}; choose one of {', '.join(FEATURE_SETS)}")
     return FEATURE_SETS[name]
 
+
+# The instrument's usual light-grey brightfield background: transparent pixels are composited onto it (so
+# padding looks like background, not like a dark particle) and flat-fielded crops are scaled to it.
+BACKGROUND_GRAY = 110
 
 # Table columns (after a manifest's column mapping is applied).
 IMGPATH = "imgpaths"

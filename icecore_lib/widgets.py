@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .runs import atomic_write_table
+from .files import atomic_write_table
+from .run.artifacts import Run
 from .schema import PARTICLE_ID
 
-REVIEW_FILE = "review.csv"
 REVIEW_COLUMNS = ("decision", "name", "timestamp")
 CANDIDATE = "candidate"
 ARTEFACT = "artefact"
@@ -42,8 +42,8 @@ LASSO_TYPES = ("freeform", "rectangle", "brush")
 
 
 def review_path(run_dir: Path | str) -> Path:
-    """Where a run's review decisions live."""
-    return Path(run_dir) / REVIEW_FILE
+    """Where a run's review decisions live (the run's ``review`` artefact)."""
+    return Run(run_dir).file("review")
 
 
 def load_review(run_dir: Path | str) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from helpers import TINY_IMAGE_SIZE, write_instrument_dataset
 from icecore_lib.config import StageConfig, stage_config, synth_config
 from icecore_lib.schema import CLASSES
 
+
 @pytest.fixture
 def instrument_dataset(tmp_path: Path) -> Callable[..., Path]:
     """Factory: ``instrument_dataset(**options)`` runs write_instrument_dataset under tmp_path."""
@@ -21,7 +22,7 @@ def instrument_dataset(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic dataset (7 classes x ~6 train crops, 30 core crops), generated once per session."""
-    from icecore_lib.synth import generate
+    from icecore_lib.synth.dataset import generate
 
     out = tmp_path_factory.mktemp("synthetic") / "tiny"
     generate(out, synth_config("ci", n_train_per_class=6, n_core=30, workers=1), progress=False)
@@ -55,6 +56,6 @@ def tiny_stage(synthetic_manifest: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_stage: StageConfig):
     """The tiny synthetic dataset loaded, checked, packed (32x32) and split: a ``data.DatasetBundle``."""
-    from icecore_lib.data import load_dataset
+    from icecore_lib.data.dataset import load_dataset
 
     return load_dataset(tiny_stage, progress=False, workers=1)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.tree import DecisionTreeClassifier
 
-from icecore_lib.audit import domain_drop, drop_warning, grouped_split_drop, image_stats, session_probe
+from icecore_lib.shift.audit import domain_drop, drop_warning, grouped_split_drop, image_stats, session_probe
 
 
 def _crops(n: int, background: float, seed: int, size: int = 24) -> np.ndarray:

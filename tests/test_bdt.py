@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icecore_lib import schema
 from icecore_lib.models.bdt import SEARCH_SPACE, BDTClassifier, search
 from icecore_lib.plots.classify import plot_feature_importance, plot_shap_bar, plot_shap_beeswarm
+from icecore_lib.schema import FLOWCAM_FEATURES, PARTICLE_ID
 
 CLASSES = ["camp", "dust", "grim"]
 
@@ -17,10 +17,10 @@ def _blobs(n_per_class: int = 40, seed: int = 0) -> tuple[pd.DataFrame, np.ndarr
     """A feature table with 34 FlowCam columns: the first three carry the class, the rest are noise."""
     rng = np.random.default_rng(seed)
     y = np.repeat(CLASSES, n_per_class)
-    X = rng.normal(size=(len(y), len(schema.FLOWCAM_FEATURES)))
+    X = rng.normal(size=(len(y), len(FLOWCAM_FEATURES)))
     X[:, :3] += 4 * np.repeat(np.eye(3), n_per_class, axis=0)
-    index = pd.Index([f"part/p{i:04d}.png" for i in range(len(y))], name=schema.PARTICLE_ID)
-    return pd.DataFrame(X, columns=schema.FLOWCAM_FEATURES, index=index), y
+    index = pd.Index([f"part/p{i:04d}.png" for i in range(len(y))], name=PARTICLE_ID)
+    return pd.DataFrame(X, columns=FLOWCAM_FEATURES, index=index), y
 
 
 def _small(**params) -> BDTClassifier:
@@ -66,7 +66,7 @@ def test_softmax_of_logits_is_predict_proba(fitted):
 def test_informative_features_rank_first(fitted):
     model, _, _ = fitted
     importance = model.feature_importance()
-    assert set(importance.index[:3]) == set(schema.FLOWCAM_FEATURES[:3])
+    assert set(importance.index[:3]) == set(FLOWCAM_FEATURES[:3])
     assert importance.sum() == pytest.approx(1.0)
     assert model.feature_importances_.shape == (34,)
 

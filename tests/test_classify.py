@@ -12,9 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from icecore_lib import autoencode, classify, quantify
 from icecore_lib.config import AEConfig, CNNConfig, stage_config
+from icecore_lib.quantify import composition_error
 from icecore_lib.schema import FLOWCAM_FEATURES, GRAY_LEVEL_FEATURES, feature_set
+from icecore_lib.stages.cnn import compositions, sample_errors
+from icecore_lib.train.autoencoder import fit_autoencoder
+from icecore_lib.train.classifier import ClassifierOutputs, fit_torch_classifier
 
 
 def _after_other_random_work(seed: int) -> None:
@@ -28,7 +31,7 @@ def test_a_classifier_trained_twice_is_the_same_model(tiny_bundle, tmp_path: Pat
     logits = []
     for state in (1, 2):
         _after_other_random_work(state)
-        out = classify.fit_torch_classifier(tiny_bundle, cfg, "mlp", tmp_path / f"mlp{state}", progress=False)
+        out = fit_torch_classifier(tiny_bundle, cfg, "mlp", tmp_path / f"mlp{state}", progress=False)
         logits.append(out.labelled_logits)
     pd.testing.assert_frame_equal(*logits)
 
@@ -38,14 +41,14 @@ def test_an_autoencoder_trained_twice_is_the_same_model(tiny_bundle, tmp_path: P
     tables = []
     for state in (1, 2):
         _after_other_random_work(state)
-        _, out = autoencode.fit_autoencoder(tiny_bundle, cfg, 8, tmp_path / f"ae{state}", progress=False)
+        _, out = fit_autoencoder(tiny_bundle, cfg, 8, tmp_path / f"ae{state}", progress=False)
         tables.append(out.labelled)
     pd.testing.assert_frame_equal(*tables)
 
 
 def _core_logits(bundle, cfg: CNNConfig, out_dir: Path) -> pd.DataFrame:
     """The core logits of a fused model trained on the bundle."""
-    return classify.fit_torch_classifier(bundle, cfg, "both", out_dir, progress=False).core_logits
+    return fit_torch_classifier(bundle, cfg, "both", out_dir, progress=False).core_logits
 
 
 def test_the_fused_model_reads_no_gray_level_feature_by_default(tiny_bundle, tmp_path: Path) -> None:
@@ -68,7 +71,7 @@ def test_an_unknown_feature_set_is_refused_naming_the_choices() -> None:
         feature_set("colour")
 
 
-def _outputs_of_a_calibrated_two_class_model(rng: np.random.Generator) -> tuple[classify.ClassifierOutputs, pd.DataFrame, pd.Series]:
+def _outputs_of_a_calibrated_two_class_model(rng: np.random.Generator) -> tuple[ClassifierOutputs, pd.DataFrame, pd.Series]:
     """Lab (balanced train/val) and core (90% 'a') particles of a 1-D model: x ~ N(+-1, 1), logits (x, -x)."""
     lab_y = np.repeat(["a", "b"], 1000)
     core_y = np.repeat(["a", "b"], [1800, 200])
@@ -79,16 +82,16 @@ def _outputs_of_a_calibrated_two_class_model(rng: np.random.Generator) -> tuple[
 
     lab, core = logits(lab_y, "lab"), logits(core_y, "core")
     table = pd.DataFrame({"label": lab_y, "split": np.tile(["train", "val"], 1000)}, index=lab.index)
-    outputs = classify.ClassifierOutputs("toy", ["a", "b"], lab, core)
+    outputs = ClassifierOutputs("toy", ["a", "b"], lab, core)
     return outputs, table, pd.Series(core_y, index=core.index)
 
 
 def test_prior_shift_corrections_beat_raw_counts_on_a_shifted_core() -> None:
     """Notebook 02's compositions: a classifier trained on 50/50 overcounts the rare class of a 90/10 core."""
     outputs, table, truth = _outputs_of_a_calibrated_two_class_model(np.random.default_rng(0))
-    found = classify.compositions(outputs, table, 1.0, n_boot=20, seed=0)
+    found = compositions(outputs, table, 1.0, n_boot=20, seed=0)
     assert list(found) == ["cc", "acc", "em"]
-    errors = quantify.composition_error({m: c["fraction"] for m, c in found.items()}, truth)
+    errors = composition_error({m: c["fraction"] for m, c in found.items()}, truth)
     assert errors.loc["b", "cc_abs_error"] > 0.1  # 16% of the 1,800 'a' particles are counted as 'b'
     assert errors.loc["b", "acc_abs_error"] < 0.03 and errors.loc["b", "em_abs_error"] < 0.03
     for table_ in found.values():
@@ -98,7 +101,7 @@ def test_prior_shift_corrections_beat_raw_counts_on_a_shifted_core() -> None:
 def test_each_core_sample_is_scored_against_its_own_truth() -> None:
     outputs, table, truth = _outputs_of_a_calibrated_two_class_model(np.random.default_rng(1))
     samples = pd.Series(np.repeat(["S1", "S2"], 1000), index=truth.index, name="sample_id")
-    errors = classify.sample_errors(outputs, table, 1.0, samples, truth)
+    errors = sample_errors(outputs, table, 1.0, samples, truth)
     assert list(errors.index) == ["S1", "S2"] and list(errors.columns) == ["cc", "acc", "em", "n_particles"]
     assert errors["n_particles"].tolist() == [1000, 1000]
     assert (errors["cc"] > 0.05).all()  # both samples hold more 'a' than the lab's 50%

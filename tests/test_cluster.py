@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icecore_lib.cluster import (
+from icecore_lib.embed.cluster import (
     cluster_hdbscan,
     cluster_vs_labels,
     describe_clusters,

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icecore_lib import discovery, quantify
+from icecore_lib.quantify import composition_error
+from icecore_lib.stages.discovery import choose_scores, open_set_compositions
 
 
 def _loco(auroc: dict[str, float]) -> pd.DataFrame:
@@ -19,13 +20,13 @@ def _loco(auroc: dict[str, float]) -> pd.DataFrame:
 def test_the_best_loco_score_is_skipped_when_the_acquisition_shift_moves_it() -> None:
     loco = _loco({"energy": 0.95, "excess_meta": 0.86, "knn_meta": 0.83, "recon": 0.60})
     shift = pd.Series({"energy": 0.25, "excess_meta": 0.0, "knn_meta": 0.01, "recon": -0.02})
-    choice = discovery.choose_scores(loco, shift, margin=0.05, max_shift=0.05)
+    choice = choose_scores(loco, shift, margin=0.05, max_shift=0.05)
     assert list(choice.index[choice["chosen"]]) == ["excess_meta", "knn_meta"]
     assert not choice.loc["energy", "stable"] and "combined_rank" not in choice.index
-    narrow = discovery.choose_scores(loco, shift, margin=0.01, max_shift=0.05)
+    narrow = choose_scores(loco, shift, margin=0.01, max_shift=0.05)
     assert list(narrow.index[narrow["chosen"]]) == ["excess_meta"]
     with pytest.raises(ValueError, match="max_score_shift"):
-        discovery.choose_scores(loco, shift + 1, margin=0.05, max_shift=0.05)
+        choose_scores(loco, shift + 1, margin=0.05, max_shift=0.05)
 
 
 def test_setting_the_flagged_unknowns_aside_recovers_the_known_composition() -> None:
@@ -37,12 +38,12 @@ def test_setting_the_flagged_unknowns_aside_recovers_the_known_composition() -> 
     unknown = pd.Series(truth == "diatom", index=core_pred.index)
     unknown.iloc[:3] = True  # a few known particles are flagged too
     table = pd.DataFrame({"label": ["ash", "dust"] * 20, "split": "train"})
-    compositions = discovery.open_set_compositions(core_pred, unknown, table, n_boot=5, seed=0)
+    compositions = open_set_compositions(core_pred, unknown, table, n_boot=5, seed=0)
     assert list(compositions) == ["CC, all particles", "EM, all particles", "CC, unknowns set aside",
                                   "EM, unknowns set aside"]
     assert compositions["CC, all particles"].loc["dust", "fraction"] == pytest.approx(70 / 140)
     assert compositions["CC, unknowns set aside"].loc["dust", "fraction"] == pytest.approx(30 / 97)
-    errors = quantify.composition_error({m: c["fraction"] for m, c in compositions.items()}, truth)
+    errors = composition_error({m: c["fraction"] for m, c in compositions.items()}, truth)
     assert errors["CC, unknowns set aside_abs_error"].mean() < errors["CC, all particles_abs_error"].mean() / 5
     with pytest.raises(ValueError, match="every core particle is flagged"):
-        discovery.open_set_compositions(core_pred, unknown | True, table, n_boot=0, seed=0)
+        open_set_compositions(core_pred, unknown | True, table, n_boot=0, seed=0)

@@ -19,10 +19,21 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from icecore_lib import distributed
 from icecore_lib.config import TrainConfig
-from icecore_lib.torchdata import DeviceBatches, LoaderBatches, Shard, make_loader
-from icecore_lib.train import LAST_FILE, fit, read_history, seed_everything
+from icecore_lib.nn.batches import DeviceBatches, LoaderBatches, Shard, make_loader
+from icecore_lib.nn.device import seed_everything
+from icecore_lib.nn.distributed import (
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    init_from_env,
+    is_main,
+    main_first,
+    world,
+    wrap_ddp,
+)
+from icecore_lib.nn.loop import LAST_FILE, fit, read_history
+from icecore_lib.stages.torchrun import main
 
 CFG = TrainConfig(device="cpu", seed=3, epochs=2, batch_size=16, patience=0, lr=1e-2, augment=False)
 N_TRAIN, N_VAL = 56, 13  # 56 = 3 full batches of 16 and one of 8; 13 val rows split 7 + 6 over two ranks
@@ -110,11 +121,11 @@ def _rank_main(rank: int, port: int, out: Path) -> None:
     os.environ |= {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     torch.set_num_threads(1)
-    assert distributed.init_from_env() == (rank, 2)
+    assert init_from_env() == (rank, 2)
     try:
         weights, seen = _train_both(out / "ddp")
     finally:
-        distributed.cleanup()
+        cleanup()
     save_file({k: v.contiguous() for k, v in weights.items()}, out / f"rank{rank}.safetensors")
     (out / f"rank{rank}.json").write_text(json.dumps(seen))
 
@@ -200,17 +211,17 @@ def test_shard_rejects_what_ranks_cannot_split():
 
 def test_helpers_are_no_ops_outside_a_process_group(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert distributed.init_from_env() == (0, 1) and distributed.world() == (0, 1) and distributed.is_main()
-    distributed.barrier()
+    assert init_from_env() == (0, 1) and world() == (0, 1) and is_main()
+    barrier()
     values = torch.tensor([1.5, 2.0])
-    assert distributed.all_reduce_sum(values) is values
+    assert all_reduce_sum(values) is values
     model = nn.Linear(2, 2)
-    assert distributed.wrap_ddp(model, torch.device("cpu")) is model
+    assert wrap_ddp(model, torch.device("cpu")) is model
     ran = []
-    with distributed.main_first():
+    with main_first():
         ran.append("block")
     assert ran == ["block"]
-    distributed.cleanup()
+    cleanup()
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -222,7 +233,7 @@ def test_bad_torchrun_environment_is_named(monkeypatch, env, message):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(RuntimeError, match=message):
-        distributed.init_from_env()
+        init_from_env()
 
 
 def test_fit_without_process_group_is_the_plain_training_loop(tmp_path):
@@ -273,7 +284,7 @@ def test_entry_point_trains_a_notebook_stage_into_the_run(tiny_stage, tiny_bundl
     overrides = [f"manifest={tiny_stage.manifest}", f"cache_dir={tiny_stage.cache_dir}",
                  f"image_size={tiny_stage.image_size}", "epochs=1", *params]
     argv = [stage, "--profile", "ci", "--run-dir", str(run), "--dataset", tiny_stage.dataset, "-q"]
-    assert distributed.main(argv + [a for p in overrides for a in ("-p", p)]) == 0
+    assert main(argv + [a for p in overrides for a in ("-p", p)]) == 0
     assert (run / "models" / folder / "best.safetensors").is_file()
     assert (run / "tables" / table).is_file() and (run / "params" / f"{stage}_torchrun.yaml").is_file()
     assert f"trained on 1 process(es): {run / 'models' / folder}" in capsys.readouterr().out

@@ -8,13 +8,10 @@ import pandas as pd
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
-from icecore_lib.embed import UMAPReducer, as_matrix, compare_embeddings
-from icecore_lib.plots.embed import (
-    plot_embedding,
-    plot_holdout_comparison,
-    plot_loco_heatmap,
-    plot_train_core,
-)
+from icecore_lib.embed.compare import compare_embeddings
+from icecore_lib.embed.umap import UMAPReducer
+from icecore_lib.frames import as_matrix
+from icecore_lib.plots.embed import plot_embedding, plot_holdout_comparison, plot_loco_heatmap, plot_train_core
 
 
 def blobs(n_per_class: int, dim: int = 10, seed: int = 0, centers_seed: int = 42) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from icecore_lib.features import PIXEL_UM, features_frame, flowcam_features
+from icecore_lib.images.features import PIXEL_UM, features_frame, flowcam_features
 from icecore_lib.schema import FLOWCAM_FEATURES, PARTICLE_ID
 
 

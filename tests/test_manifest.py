@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import icecore_lib.synth
+import icecore_lib.data.resolve as resolve_mod
 from icecore_lib.config import SYNTH_VERSION
-from icecore_lib.manifest import ManifestError, load_manifest, resolve_part
+from icecore_lib.data.manifest import ManifestError, load_manifest
+from icecore_lib.data.resolve import resolve_part
 from icecore_lib.schema import CLASSES
 
 REPO_MANIFEST = Path(__file__).resolve().parent.parent / "data_manifest.yaml"
@@ -109,7 +110,7 @@ def test_synthetic_data_is_generated_on_first_use_then_reused(tmp_path: Path, mo
             (out_dir / name).write_text("")
         return {}
 
-    monkeypatch.setattr(icecore_lib.synth, "generate", fake_generate)
+    monkeypatch.setattr(resolve_mod, "generate", fake_generate)
     manifest = load_manifest(REPO_MANIFEST)
     first = resolve_part(manifest, "synthetic-ci", "train", cache_dir=tmp_path, progress=False)
     second = resolve_part(manifest, "synthetic-ci", "core", cache_dir=tmp_path, progress=False)

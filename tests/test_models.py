@@ -12,7 +12,7 @@ import torchvision
 from icecore_lib.models.autoencoder import ConvAutoencoder
 from icecore_lib.models.cnn import IMAGENET_OFFLINE, ParticleCNN, adapt_conv1
 from icecore_lib.models.mlp import MetadataMLP
-from icecore_lib.torchdata import FLAT_FIELD_GRAY, ImageNorm, border_median
+from icecore_lib.nn.layers import FLAT_FIELD_GRAY, ImageNorm, border_median
 
 
 def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:

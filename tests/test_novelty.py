@@ -5,8 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 
-from icecore_lib import novelty as nov
+from icecore_lib.novelty.detectors import ClassMahalanobis, CoreExcess, KNNDistance
+from icecore_lib.novelty.metrics import (
+    flag_fraction_by_group,
+    fpr_at_tpr,
+    loco_novelty_table,
+    novelty_metrics,
+    traffic_light,
+    traffic_light_by_group,
+    unknown_threshold,
+)
+from icecore_lib.novelty.scorer import NoveltyScorer
+from icecore_lib.novelty.scores import CLASSIFIER_SCORES, classifier_scores
+from icecore_lib.shift.drift import class_conditional_shift, feature_drift
 
 
 def _ids(prefix: str, n: int) -> pd.Index:
@@ -20,26 +34,26 @@ def _blobs(seed: int = 0, n: int = 60, dim: int = 6) -> tuple[np.ndarray, np.nda
     return X, np.repeat(["a", "b"], n)
 
 
-@pytest.mark.parametrize("name", list(nov.CLASSIFIER_SCORES))
+@pytest.mark.parametrize("name", list(CLASSIFIER_SCORES))
 def test_classifier_scores_rank_uniform_softmax_above_peaked(name: str) -> None:
     logits = np.array([[0.0, 0.0, 0.0, 0.0], [8.0, 0.0, 0.0, 0.0]])
-    uniform, peaked = nov.CLASSIFIER_SCORES[name](logits)
+    uniform, peaked = CLASSIFIER_SCORES[name](logits)
     assert uniform > peaked
 
 
 def test_classifier_scores_table_keeps_particle_ids_and_rejects_nan() -> None:
     logits = pd.DataFrame([[1.0, 2.0], [3.0, 0.0]], index=_ids("core", 2))
-    table = nov.classifier_scores(logits)
-    assert list(table.columns) == list(nov.CLASSIFIER_SCORES)
+    table = classifier_scores(logits)
+    assert list(table.columns) == list(CLASSIFIER_SCORES)
     assert table.index.equals(logits.index)
     logits.iloc[1, 0] = np.nan
     with pytest.raises(ValueError, match="core/0001.png"):
-        nov.classifier_scores(logits)
+        classifier_scores(logits)
 
 
 FITTERS = {
-    "knn": lambda X, y: nov.KNNDistance(k=5, progress=False).fit(X),
-    "mahalanobis": lambda X, y: nov.ClassMahalanobis(progress=False).fit(X, y),
+    "knn": lambda X, y: KNNDistance(k=5, progress=False).fit(X),
+    "mahalanobis": lambda X, y: ClassMahalanobis(progress=False).fit(X, y),
 }
 
 
@@ -51,20 +65,20 @@ def test_embedding_detectors_score_far_blob_higher_without_refit(name: str) -> N
     rng = np.random.default_rng(1)
     near = rng.normal(0, 1, (20, X.shape[1]))
     far = rng.normal(25, 1, (20, X.shape[1]))
-    near_scores, far_scores = detector.score(near), detector.score(far)
+    near_scores, far_scores = detector.score_samples(near), detector.score_samples(far)
     assert far_scores.min() > near_scores.max()
     # scoring is per particle and leaves the fit untouched: the same far points score the same in a mixed batch
-    np.testing.assert_allclose(detector.score(np.vstack([near, far]))[20:], far_scores)
+    np.testing.assert_allclose(detector.score_samples(np.vstack([near, far]))[20:], far_scores)
     np.testing.assert_array_equal(detector.train_scores_, fitted_train_scores)
 
 
 def test_knn_training_scores_leave_each_point_out() -> None:
     X, _ = _blobs()
-    knn = nov.KNNDistance(k=3, aggregate="kth", progress=False).fit(X)
+    knn = KNNDistance(k=3, aggregate="kth", progress=False).fit(X)
     others = np.sort(np.linalg.norm(X[1:] - X[0], axis=1))
     assert knn.train_scores_[0] == pytest.approx(others[2], rel=1e-5)
     with pytest.raises(ValueError, match="more than k"):
-        nov.KNNDistance(k=10).fit(X[:5])
+        KNNDistance(k=10).fit(X[:5])
 
 
 def _inputs(X: np.ndarray, index: pd.Index, seed: int, far: bool = False) -> dict:
@@ -85,14 +99,14 @@ def _planted_scores(reference: str) -> tuple[pd.DataFrame, pd.Index]:
     """Scores of 80 core particles like the training classes plus 10 planted far away; the planted ids."""
     X, y = _blobs()
     train_ids = _ids("train", len(X))
-    scorer = nov.NoveltyScorer(k=5, quantile=0.05, reference=reference, progress=False)
+    scorer = NoveltyScorer(k=5, quantile=0.05, reference=reference, progress=False)
     scorer.fit(**_inputs(X, train_ids, 0), labels=pd.Series(y, index=train_ids))
     rng = np.random.default_rng(2)
     known, _ = _blobs(seed=3, n=40)
     # halfway between the two classes (the classifier is torn) and far off the line joining them
     planted = rng.normal(2, 1, (10, X.shape[1])) + np.array([12, -12, 12, -12, 12, -12])
     core_ids = _ids("core", 90)
-    return scorer.score(**_inputs(np.vstack([known, planted]), core_ids, 4)), core_ids[-10:]
+    return scorer.score_samples(**_inputs(np.vstack([known, planted]), core_ids, 4)), core_ids[-10:]
 
 
 @pytest.mark.parametrize("reference", ["train", "scored"])
@@ -113,14 +127,14 @@ def test_flagged_by_names_the_scores_beyond_the_training_quantile() -> None:
 def test_scorer_refuses_spaces_it_was_not_fitted_on() -> None:
     X, _ = _blobs()
     ids = _ids("train", len(X))
-    scorer = nov.NoveltyScorer(k=3, progress=False).fit(embeddings={"cnn": pd.DataFrame(X, index=ids)})
+    scorer = NoveltyScorer(k=3, progress=False).fit(embeddings={"cnn": pd.DataFrame(X, index=ids)})
     with pytest.raises(ValueError, match="'ae'"):
-        scorer.score(embeddings={"ae": pd.DataFrame(X, index=ids)})
+        scorer.score_samples(embeddings={"ae": pd.DataFrame(X, index=ids)})
 
 
 def test_train_percentiles_are_mid_ranks_against_training() -> None:
-    scorer = nov.NoveltyScorer(progress=False).fit(recon=pd.Series([1.0, 2.0, 3.0, 4.0], index=_ids("train", 4)))
-    scores = scorer.score(recon=pd.Series([-1.0, 2.0, 9.0], index=_ids("core", 3)))
+    scorer = NoveltyScorer(progress=False).fit(recon=pd.Series([1.0, 2.0, 3.0, 4.0], index=_ids("train", 4)))
+    scores = scorer.score_samples(recon=pd.Series([-1.0, 2.0, 9.0], index=_ids("core", 3)))
     assert scores["combined_rank"].tolist() == [0.0, 0.375, 1.0]
     assert scores["flagged_by"].tolist() == ["", "", "recon"]
 
@@ -131,7 +145,7 @@ def test_auroc_is_one_when_separated_and_half_when_random() -> None:
     rng = np.random.default_rng(0)
     perfect = novel.astype(float) + rng.uniform(0, 0.5, 400)
     scores = pd.DataFrame({"perfect": perfect, "random": rng.uniform(size=400)}, index=ids)
-    metrics = nov.novelty_metrics(scores, novel, ks=(50,))
+    metrics = novelty_metrics(scores, novel, ks=(50,))
     assert metrics.loc["perfect", "auroc"] == 1.0
     assert metrics.loc["perfect", "fpr95"] == 0.0
     assert abs(metrics.loc["random", "auroc"] - 0.5) < 0.1
@@ -143,14 +157,14 @@ def test_fpr_at_95_tpr_on_hand_example() -> None:
     known_scores = np.arange(10) + 0.25
     truth = np.r_[np.ones(20, bool), np.zeros(10, bool)]
     # 95 % TPR = 19 of 20 novel: threshold 5.0, which also passes the five known at 5.25 ... 9.25
-    assert nov.fpr_at_tpr(truth, np.r_[novel_scores, known_scores]) == 0.5
+    assert fpr_at_tpr(truth, np.r_[novel_scores, known_scores]) == 0.5
 
 
 def test_recall_at_k_on_hand_example() -> None:
     ids = _ids("p", 5)
     scores = pd.DataFrame({"s": [0.9, 0.8, 0.7, 0.6, 0.5]}, index=ids)
     novel = pd.Series([True, False, True, False, True], index=ids)
-    metrics = nov.novelty_metrics(scores, novel, ks=(1, 2, 3))
+    metrics = novelty_metrics(scores, novel, ks=(1, 2, 3))
     assert metrics.loc["s", "recall@1"] == pytest.approx(1 / 3)
     assert metrics.loc["s", "recall@2"] == pytest.approx(1 / 3)
     assert metrics.loc["s", "recall@3"] == pytest.approx(2 / 3)
@@ -161,7 +175,7 @@ def test_loco_table_has_one_row_per_heldout_class_and_a_mean() -> None:
     ids = _ids("p", 6)
     novel = pd.Series([True, True, False, False, False, False], index=ids)
     good = pd.DataFrame({"s": [6.0, 5, 4, 3, 2, 1], "t": [1.0, 2, 3, 4, 5, 6]}, index=ids)
-    table = nov.loco_table({"dust": (good, novel), "grim": (good[["t", "s"]], novel)}, ks=(2,), progress=False)
+    table = loco_novelty_table({"dust": (good, novel), "grim": (good[["t", "s"]], novel)}, ks=(2,), progress=False)
     assert list(table.index) == ["dust", "grim", "mean"]
     assert table.loc["mean", ("s", "auroc")] == 1.0
     assert table.loc["dust", ("t", "recall@2")] == 0.0
@@ -171,7 +185,7 @@ def test_loco_table_has_one_row_per_heldout_class_and_a_mean() -> None:
 def test_unknown_threshold_catches_target_fraction_of_heldout() -> None:
     heldout = np.linspace(0.5, 1.0, 20)
     known = np.linspace(0.0, 0.8, 100)
-    cut = nov.unknown_threshold(heldout, known, target_tpr=0.9)
+    cut = unknown_threshold(heldout, known, target_tpr=0.9)
     assert cut.threshold == pytest.approx(heldout[2])
     assert cut.tpr == pytest.approx(0.9)
     assert cut.fpr == pytest.approx((known >= heldout[2]).mean())
@@ -182,7 +196,7 @@ def test_flag_fraction_by_group_counts_per_sample() -> None:
     ids = _ids("core", 5)
     flags = pd.Series([True, False, True, True, False], index=ids)
     groups = pd.Series(["s1", "s1", "s2", "s2", "s2"], index=ids, name="sample_id")
-    table = nov.flag_fraction_by_group(flags, groups)
+    table = flag_fraction_by_group(flags, groups)
     assert table.loc["s1"].tolist() == [2, 1, 0.5]
     assert table.loc["s2", "fraction"] == pytest.approx(2 / 3)
 
@@ -191,20 +205,20 @@ def test_feature_drift_finds_the_shifted_feature_only() -> None:
     rng = np.random.default_rng(0)
     train = pd.DataFrame({"Width": rng.normal(10, 1, 500), "Length": rng.normal(20, 2, 500)})
     core = pd.DataFrame({"Width": rng.normal(11.5, 1, 400), "Length": rng.normal(20, 2, 400)})
-    drift = nov.feature_drift(train, core, ["Width", "Length"])
+    drift = feature_drift(train, core, ["Width", "Length"])
     assert drift.index[0] == "Width"
     width = drift.loc["Width"]
     assert width["psi"] > 0.25 and width["smd"] > 1.0 and width["ks_pvalue"] < 1e-6
     assert drift.loc["Length", "psi"] < 0.1 and abs(drift.loc["Length", "smd"]) < 0.2
     with pytest.raises(KeyError, match="core table lacks column.*Width"):
-        nov.feature_drift(train, core.drop(columns="Width"), ["Width"])
+        feature_drift(train, core.drop(columns="Width"), ["Width"])
 
 
 def test_traffic_light_levels_and_per_sample_summary() -> None:
     ids = _ids("core", 4)
-    lights = nov.traffic_light(pd.Series([10.0, 960.0, 995.0, 2000.0], index=ids), np.arange(1001.0))
+    lights = traffic_light(pd.Series([10.0, 960.0, 995.0, 2000.0], index=ids), np.arange(1001.0))
     assert lights.tolist() == ["green", "amber", "red", "red"]
-    summary = nov.traffic_light_by_group(lights, pd.Series(["s1", "s2", "s2", "s1"], index=ids, name="sample_id"))
+    summary = traffic_light_by_group(lights, pd.Series(["s1", "s2", "s2", "s1"], index=ids, name="sample_id"))
     assert summary.loc["s1", ["n", "green", "amber", "red"]].tolist() == [2, 0.5, 0.0, 0.5]
     assert summary.loc["s2", "amber"] == 0.5
 
@@ -225,8 +239,8 @@ def _crowd_and_strays(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def test_core_excess_ranks_a_crowd_above_scattered_strays_and_pointwise_distance_does_not() -> None:
     X_train, y_train, X_core, kind = _crowd_and_strays()
-    excess = nov.CoreExcess(k=5, progress=False).fit(X_train, y_train).score(X_core)
-    knn = nov.KNNDistance(k=5, progress=False).fit(X_train).score(X_core)
+    excess = CoreExcess(k=5, progress=False).fit(X_train, y_train).score_samples(X_core)
+    knn = KNNDistance(k=5, progress=False).fit(X_train).score_samples(X_core)
     assert set(np.argsort(-excess)[:30]) == set(np.flatnonzero(kind == 1))
     assert np.median(knn[kind == 2]) > np.median(knn[kind == 1])  # the strays are farther, pointwise
     assert np.median(excess[kind == 0]) == pytest.approx(0.0, abs=0.1)
@@ -234,41 +248,41 @@ def test_core_excess_ranks_a_crowd_above_scattered_strays_and_pointwise_distance
 
 def test_core_excess_null_is_centred_and_groups_remove_a_class_prior_shift() -> None:
     X_train, y_train = _blobs(0, n=200)
-    detector = nov.CoreExcess(k=5, progress=False).fit(X_train, y_train)
+    detector = CoreExcess(k=5, progress=False).fit(X_train, y_train)
     assert abs(np.median(detector.train_scores_)) < 0.05
     # a core of class a only, ten times denser than class a in training: every particle looks "in excess"
     # unless it is centred within its (predicted) group, when nothing stands out
     core = np.random.default_rng(5).normal(0, 1, (2000, X_train.shape[1]))
-    raw = detector.score(np.vstack([core, X_train[y_train == "b"]]))
-    centred = detector.score(np.vstack([core, X_train[y_train == "b"]]), np.repeat(["a", "b"], [2000, 200]))
+    raw = detector.score_samples(np.vstack([core, X_train[y_train == "b"]]))
+    centred = detector.score_samples(np.vstack([core, X_train[y_train == "b"]]), np.repeat(["a", "b"], [2000, 200]))
     assert np.median(raw[:2000]) > np.median(raw[2000:]) + 0.2
     assert abs(np.median(centred[:2000])) < 1e-6 and abs(np.median(centred[2000:])) < 1e-6
     with pytest.raises(ValueError, match="more than k=5"):
-        detector.score(core[:5])
+        detector.score_samples(core[:5])
     with pytest.raises(ValueError, match="one entry per point"):
-        detector.score(core, np.zeros(3))
+        detector.score_samples(core, np.zeros(3))
 
 
 def test_scorer_adds_the_excess_score_and_combines_only_the_named_scores() -> None:
     X_train, y_train, X_core, kind = _crowd_and_strays()
     train_ids, core_ids = _ids("train", len(X_train)), _ids("core", len(X_core))
     inputs = _inputs(X_train, train_ids, 0)
-    scorer = nov.NoveltyScorer(k=5, progress=False).fit(**inputs, labels=pd.Series(y_train, index=train_ids))
+    scorer = NoveltyScorer(k=5, progress=False).fit(**inputs, labels=pd.Series(y_train, index=train_ids))
     core_inputs = _inputs(X_core, core_ids, 1)
-    everything = scorer.score(**core_inputs)
+    everything = scorer.score_samples(**core_inputs)
     assert "excess_cnn" in everything and "excess_umap" not in everything  # maps get no group score
     scorer.combine = ["excess_cnn", "knn_cnn"]
-    chosen = scorer.score(**core_inputs)
+    chosen = scorer.score_samples(**core_inputs)
     pct = scorer.percentiles(chosen[["excess_cnn", "knn_cnn"]])
     np.testing.assert_allclose(chosen["combined_rank"], pct.mean(axis=1))
     scorer.combine = ["excess_cnn"]
-    assert set(scorer.score(**core_inputs)["combined_rank"].nlargest(30).index) == set(core_ids[kind == 1])
+    assert set(scorer.score_samples(**core_inputs)["combined_rank"].nlargest(30).index) == set(core_ids[kind == 1])
     scorer.combine = ["excess_ae"]
     with pytest.raises(ValueError, match="excess_ae"):
-        scorer.score(**core_inputs)
+        scorer.score_samples(**core_inputs)
     few = _inputs(X_core[:4], core_ids[:4], 1)
     scorer.combine = None
-    assert "excess_cnn" not in scorer.score(**few)  # too few particles to be their own reference
+    assert "excess_cnn" not in scorer.score_samples(**few)  # too few particles to be their own reference
 
 
 def test_class_conditional_shift_sees_the_instrument_not_the_class_prior() -> None:
@@ -280,11 +294,30 @@ def test_class_conditional_shift_sees_the_instrument_not_the_class_prior() -> No
     core_labels = np.repeat(["a", "b"], [60, 540])
     core = pd.DataFrame({"size": np.where(core_labels == "a", 0.0, 5.0) + rng.normal(0, 1, 600),
                          "gray": rng.normal(-1.5, 1, 600)}, index=_ids("core", 600))
-    shift = nov.class_conditional_shift(train, pd.Series(labels, index=train.index), core,
+    shift = class_conditional_shift(train, pd.Series(labels, index=train.index), core,
                                         pd.Series(core_labels, index=core.index))
     assert shift.loc["gray", "median_abs"] == pytest.approx(1.5, abs=0.25)
     assert shift.loc["size", "median_abs"] < 0.25
-    assert nov.feature_drift(train, core, ["size"]).loc["size", "smd"] > 0.5  # the plain drift mixes them
+    assert feature_drift(train, core, ["size"]).loc["size", "smd"] > 0.5  # the plain drift mixes them
     with pytest.raises(ValueError, match="no class has 1000"):
-        nov.class_conditional_shift(train, pd.Series(labels, index=train.index), core,
+        class_conditional_shift(train, pd.Series(labels, index=train.index), core,
                                     pd.Series(core_labels, index=core.index), min_count=1000)
+
+
+@pytest.mark.parametrize("detector", [KNNDistance(k=3, progress=False), ClassMahalanobis(progress=False),
+                                      CoreExcess(k=3, progress=False), NoveltyScorer(k=3, progress=False)])
+def test_detectors_follow_the_scikit_learn_contract(detector) -> None:
+    copy = clone(detector)
+    assert copy.get_params() == detector.get_params()
+    with pytest.raises(NotFittedError):
+        copy.score_samples(np.zeros((20, 2))) if not isinstance(copy, NoveltyScorer) else copy.score_samples(
+            recon=pd.Series(np.zeros(20), index=_ids("core", 20)))
+
+
+def test_bad_parameters_are_refused_at_fit_not_at_construction() -> None:
+    knn = KNNDistance(k=3, aggregate="median", progress=False)
+    with pytest.raises(ValueError, match="aggregate must be 'mean' or 'kth'"):
+        knn.fit(np.zeros((10, 2)))
+    scorer = NoveltyScorer(quantile=1.5, progress=False)
+    with pytest.raises(ValueError, match=r"quantile must lie in \(0, 1\)"):
+        scorer.fit(recon=pd.Series(np.arange(10.0), index=_ids("train", 10)))

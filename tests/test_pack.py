@@ -9,15 +9,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-import icecore_lib.pack as pack_mod
-import icecore_lib.sources as sources_mod
 from helpers import TINY_IMAGE_SIZE, crop, png_bytes
-from icecore_lib.manifest import load_manifest, resolve_part
-from icecore_lib.pack import assign_split, pack_part, packed_split
+
+import icecore_lib.data.pack as pack_mod
+import icecore_lib.data.splits as splits_mod
+import icecore_lib.images.decode as decode_mod
+from icecore_lib.data.manifest import load_manifest
+from icecore_lib.data.pack import pack_part
+from icecore_lib.data.resolve import resolve_part
+from icecore_lib.data.splits import assign_split, packed_split
+from icecore_lib.data.validate import DataError
+from icecore_lib.images.decode import decode_gray
 from icecore_lib.schema import CLASSES, LABEL, ORIG_HEIGHT, ORIG_WIDTH, SESSION, SPLIT
-from icecore_lib.sources import decode_gray
-from icecore_lib.validate import DataError
 
 MakeData = Callable[..., Path]
 SIZE = 16
@@ -60,7 +63,7 @@ def test_an_interrupted_pack_resumes_with_the_chunks_it_had_not_finished(
         instrument_dataset: MakeData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = instrument_dataset()
     reference = _pack(manifest, tmp_path / "reference")
-    real_decode, real_chunk = pack_mod.decode_many, sources_mod._decode_chunk
+    real_decode, real_chunk = pack_mod.decode_many, decode_mod._decode_chunk
     monkeypatch.setattr(pack_mod, "decode_many", lambda *a, **kw: real_decode(*a, **{**kw, "chunk_size": 2}))
     decoded: list[int] = []
 
@@ -70,7 +73,7 @@ def test_an_interrupted_pack_resumes_with_the_chunks_it_had_not_finished(
         decoded.append(task[0])
         return real_chunk(task)
 
-    monkeypatch.setattr(sources_mod, "_decode_chunk", interrupted_at_row_4)
+    monkeypatch.setattr(decode_mod, "_decode_chunk", interrupted_at_row_4)
     with pytest.raises(KeyboardInterrupt):
         _pack(manifest, tmp_path / "cache")
     partial = next((tmp_path / "cache" / "packed").glob(".*.partial"))
@@ -80,7 +83,7 @@ def test_an_interrupted_pack_resumes_with_the_chunks_it_had_not_finished(
         decoded.append(task[0])
         return real_chunk(task)
 
-    monkeypatch.setattr(sources_mod, "_decode_chunk", counting)
+    monkeypatch.setattr(decode_mod, "_decode_chunk", counting)
     resumed = _pack(manifest, tmp_path / "cache")
     assert decoded == [0, 2, 4]  # the first run's two chunks, then only the missing one
     assert not partial.exists()
@@ -172,7 +175,7 @@ def test_splits_are_saved_by_parameters_and_reloaded(instrument_dataset: MakeDat
     first = packed_split(packed, seed=1, val_fraction=0.2, test_fraction=0.2)
     other = packed_split(packed, seed=2, val_fraction=0.2, test_fraction=0.2)
     assert len(list((packed.path / "splits").glob("*.parquet"))) == 2
-    monkeypatch.setattr(pack_mod, "assign_split", lambda *a, **k: pytest.fail("split recomputed"))
+    monkeypatch.setattr(splits_mod, "assign_split", lambda *a, **k: pytest.fail("split recomputed"))
     again = packed_split(packed, seed=1, val_fraction=0.2, test_fraction=0.2)
     assert again.equals(first) and not first.equals(other)
 

@@ -6,7 +6,7 @@ import nbformat
 import pytest
 import yaml
 
-from icecore_lib.pipeline import notebook_paths, run_notebooks
+from icecore_lib.run.pipeline import notebook_paths, run_notebooks
 
 
 def test_a_setting_no_stage_has_is_refused_before_a_run_starts(tmp_path):

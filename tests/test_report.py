@@ -11,9 +11,10 @@ import pytest
 from helpers import png_bytes
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from icecore_lib import runs
 from icecore_lib.cli import main
-from icecore_lib.report import metrics_tables
+from icecore_lib.files import atomic_write_json, atomic_write_table, atomic_write_yaml
+from icecore_lib.run.artifacts import Run
+from icecore_lib.run.report import metrics_tables
 
 CODE = {"00_first": "hidden_source_alpha = 40 + 2\nprint(hidden_source_alpha)", "01_second": "hidden_source_beta = 7"}
 
@@ -42,12 +43,12 @@ def run_dir(tmp_path: Path) -> Path:
     for stem in CODE:
         (run / "notebooks").mkdir(parents=True, exist_ok=True)
         nbformat.write(_notebook(stem), run / "notebooks" / f"{stem}.ipynb")
-    runs.atomic_write_yaml(run / "params.yaml", {
+    atomic_write_yaml(run / "params.yaml", {
         "parameters": {"profile": "ci", "run_dir": str(run), "dataset": "", "epochs": 17},
         "notebooks": ["00_first.ipynb", "01_second.ipynb", "02_third.ipynb"],
     })
-    runs.atomic_write_json(run / "environment.json", {"python": "3.11.7", "torch": "9.9.9-test"})
-    runs.atomic_write_json(run / "metrics.json", {
+    atomic_write_json(run / "environment.json", {"python": "3.11.7", "torch": "9.9.9-test"})
+    atomic_write_json(run / "metrics.json", {
         "data": {"dataset": "synthetic-ci"},
         "01_second": {"bdt": {"accuracy": 0.875, "macro_f1": 0.5, "params": {"eta": 0.3}},
                       "mlp": {"accuracy": 0.625, "macro_f1": 0.25},
@@ -56,7 +57,7 @@ def run_dir(tmp_path: Path) -> Path:
         "pipeline": {"notebook_seconds": {"00_first": 3.5, "01_second": 75.0}, "total_seconds": 78.5},
     })
     table = pd.DataFrame({"score": [0.1, 0.9]}, index=pd.Index(["a.png", "b.png"], name="particle_id"))
-    runs.atomic_write_table(table, run / "tables" / "x.parquet")
+    atomic_write_table(table, run / "tables" / "x.parquet")
     return run
 
 
@@ -85,7 +86,7 @@ def test_with_code_keeps_code_cells_and_links_follow_the_page(run_dir, tmp_path)
 
 
 def test_metrics_become_readable_tables(run_dir):
-    tables = metrics_tables(runs.read_metrics(run_dir))
+    tables = metrics_tables(Run(run_dir).metrics())
     models = tables["01_second / bdt, mlp"]
     assert models.loc["accuracy", "bdt"] == 0.875 and models.loc["macro_f1", "mlp"] == 0.25
     assert models.loc["params.eta", "bdt"] == 0.3 and pd.isna(models.loc["params.eta", "mlp"])

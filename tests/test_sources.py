@@ -11,20 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import crop, png_bytes
 from PIL import Image
 
-from helpers import crop, png_bytes
-from icecore_lib.sources import (
-    BACKGROUND_GRAY,
+from icecore_lib.images.decode import decode_gray, decode_many
+from icecore_lib.images.sources import (
     DecodeError,
     FolderSource,
     UnsafeSourceError,
     ZipSource,
-    decode_gray,
-    decode_many,
     normalize_name,
     safe_extract,
 )
+from icecore_lib.schema import BACKGROUND_GRAY
 
 HOSTILE_NAMES = ["../evil.png", "/tmp/evil.png", "C:/evil.png", "ok/..\\..\\evil.png", "..\\evil.png"]
 

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import icecore_lib.synth.dataset as writer
 from icecore_lib.config import SynthConfig, synth_config
 from icecore_lib.schema import CLASSES, DEPTH, FLOWCAM_FEATURES, IMGPATH, LABEL, NEW_CLASS, SAMPLE, SESSION
-from icecore_lib.synth import dataset as writer
-from icecore_lib.synth import generate, train_sessions
-from icecore_lib.synth.dataset import plan_core
+from icecore_lib.synth.dataset import generate, plan_core
+from icecore_lib.synth.sessions import train_sessions
 
 TINY = {"n_train_per_class": 5, "n_core": 50, "n_core_samples": 3, "diatom_fraction": 0.1, "workers": 1}
 FILES = {"train.zip", "train.csv", "core.zip", "core.csv", "core_truth.csv", "preview.png", "synth.json"}

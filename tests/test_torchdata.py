@@ -7,25 +7,19 @@ import pandas as pd
 import pytest
 import torch
 
-from icecore_lib import schema
-from icecore_lib.torchdata import (
-    DeviceBatches,
-    FeatureScaler,
-    LoaderBatches,
-    augment,
-    choose_batches,
-    image_stats,
-    make_loader,
-)
+from icecore_lib.models.scaler import FeatureScaler
+from icecore_lib.nn.augment import augment
+from icecore_lib.nn.batches import DeviceBatches, LoaderBatches, choose_batches, make_loader
+from icecore_lib.schema import FLOWCAM_FEATURES, PARTICLE_ID, SPLIT
 
 
 def _table(n: int = 60, seed: int = 0) -> pd.DataFrame:
     """A feature table: heavy-tailed positive columns, one signed column, a split column."""
     rng = np.random.default_rng(seed)
-    data = {c: rng.lognormal(3, 1.5, n) for c in schema.FLOWCAM_FEATURES}
+    data = {c: rng.lognormal(3, 1.5, n) for c in FLOWCAM_FEATURES}
     data["Feret Angle Max"] = rng.normal(0, 50, n)
-    table = pd.DataFrame(data, index=pd.Index([f"p{i}.png" for i in range(n)], name=schema.PARTICLE_ID))
-    table[schema.SPLIT] = np.resize(["train", "train", "val", "test"], n)
+    table = pd.DataFrame(data, index=pd.Index([f"p{i}.png" for i in range(n)], name=PARTICLE_ID))
+    table[SPLIT] = np.resize(["train", "train", "val", "test"], n)
     return table
 
 
@@ -42,8 +36,8 @@ def test_scaler_fits_on_train_rows_only():
     table = _table()
     scaler = FeatureScaler().fit(table)
     shifted = table.copy()
-    held_out = shifted[schema.SPLIT] != "train"
-    shifted.loc[held_out, list(schema.FLOWCAM_FEATURES)] *= 1000.0
+    held_out = shifted[SPLIT] != "train"
+    shifted.loc[held_out, list(FLOWCAM_FEATURES)] *= 1000.0
     refit = FeatureScaler().fit(shifted)
     np.testing.assert_array_equal(scaler.mean_, refit.mean_)
     np.testing.assert_array_equal(scaler.std_, refit.std_)
@@ -58,7 +52,7 @@ def test_scaler_logs_skewed_positive_columns_and_round_trips():
     log = dict(zip(scaler.columns, scaler.log_, strict=True))
     assert log["Area (ABD)"] and not log["Feret Angle Max"]
     X = scaler.transform(table)
-    assert X.dtype == np.float32 and X.shape == (len(table), len(schema.FLOWCAM_FEATURES))
+    assert X.dtype == np.float32 and X.shape == (len(table), len(FLOWCAM_FEATURES))
     assert np.abs(X).max() < 6  # lognormal tails tamed by log1p
     again = FeatureScaler.from_state_dict(scaler.state_dict()).transform(table)
     np.testing.assert_array_equal(X, again)
@@ -71,14 +65,6 @@ def test_scaler_errors_name_column_and_particle():
         FeatureScaler().fit(table)
     with pytest.raises(KeyError, match="Width"):
         FeatureScaler().fit(table.drop(columns="Width"))
-
-
-def test_image_stats_match_numpy_on_selected_rows(tmp_path):
-    images = np.random.default_rng(1).integers(0, 256, (20, 8, 8), dtype=np.uint8)
-    rows = np.array([3, 7, 11, 12])
-    mean, std = image_stats(images, rows, progress=False)
-    assert mean == pytest.approx(images[rows].mean())
-    assert std == pytest.approx(images[rows].std())
 
 
 @pytest.mark.parametrize("source", ["loader", "device"])

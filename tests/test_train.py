@@ -15,19 +15,11 @@ from torch import nn
 from icecore_lib.config import TrainConfig
 from icecore_lib.models.autoencoder import ConvAutoencoder
 from icecore_lib.models.mlp import MetadataMLP
+from icecore_lib.nn.batches import DeviceBatches, make_loader
+from icecore_lib.nn.checkpoint import load_weights
+from icecore_lib.nn.device import seed_everything
+from icecore_lib.nn.loop import BEST_FILE, LAST_FILE, fit, model_inputs, per_sample_loss, predict, read_history
 from icecore_lib.plots.training import learning_curves, reconstruction_grid
-from icecore_lib.torchdata import DeviceBatches, make_loader
-from icecore_lib.train import (
-    BEST_FILE,
-    LAST_FILE,
-    fit,
-    load_weights,
-    model_inputs,
-    per_sample_loss,
-    predict,
-    read_history,
-    seed_everything,
-)
 
 CFG = TrainConfig(device="cpu", seed=1, epochs=4, batch_size=16, patience=0, lr=1e-2)
 

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from helpers import crop, png_bytes
-from icecore_lib.manifest import ResolvedPart, load_manifest, resolve_part
-from icecore_lib.pack import pack_part
-from icecore_lib.validate import CheckReport, DataError, check_part, read_table
+
+from icecore_lib.data.manifest import ResolvedPart, load_manifest
+from icecore_lib.data.pack import pack_part
+from icecore_lib.data.resolve import resolve_part
+from icecore_lib.data.validate import CheckReport, DataError, check_part, read_table
 
 MakeData = Callable[..., Path]
 

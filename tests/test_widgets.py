@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icecore_lib import widgets
+from icecore_lib.widgets import Explorer, append_review, load_review, review_to_labels
 
 # jupyter-scatter's own pandas 3 deprecation, not ours
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword in DataFrame.set_index")
@@ -35,7 +35,7 @@ def particles() -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
 
 def test_explorer_select_and_decide_write_review_rows(particles, tmp_path: Path) -> None:
     images, table, xy = particles
-    explorer = widgets.Explorer(xy, table, images, tmp_path, color_by="pred", max_thumbnails=3, thumb_px=24)
+    explorer = Explorer(xy, table, images, tmp_path, color_by="pred", max_thumbnails=3, thumb_px=24)
     explorer.select(["core/005.png", "core/001.png"])
     assert list(explorer.scatter.selection()) == [1, 5]
     assert len(explorer.gallery.children) == 2
@@ -57,7 +57,7 @@ def test_explorer_select_and_decide_write_review_rows(particles, tmp_path: Path)
 
 def test_lasso_on_the_map_updates_the_gallery(particles, tmp_path: Path) -> None:
     images, table, xy = particles
-    explorer = widgets.Explorer(xy, table, images, tmp_path)
+    explorer = Explorer(xy, table, images, tmp_path)
     explorer.scatter.widget.selection = np.array([0, 3, 4], dtype=np.uint32)  # what a lasso in the browser sets
     assert list(explorer.session.selected) == ["core/000.png", "core/003.png", "core/004.png"]
     assert len(explorer.gallery.children) == 3
@@ -65,7 +65,7 @@ def test_lasso_on_the_map_updates_the_gallery(particles, tmp_path: Path) -> None
 
 def test_candidate_without_name_is_refused_and_nothing_written(particles, tmp_path: Path) -> None:
     images, table, xy = particles
-    explorer = widgets.Explorer(xy, table, images, tmp_path)
+    explorer = Explorer(xy, table, images, tmp_path)
     explorer.select(["core/002.png"])
     explorer.candidate_button.click()
     assert "needs a name" in explorer.status.value
@@ -74,28 +74,28 @@ def test_candidate_without_name_is_refused_and_nothing_written(particles, tmp_pa
 
 def test_colour_and_lasso_controls_reach_the_map(particles, tmp_path: Path) -> None:
     images, table, xy = particles
-    explorer = widgets.Explorer(pd.DataFrame(xy, index=table.index), table, images, tmp_path)
+    explorer = Explorer(pd.DataFrame(xy, index=table.index), table, images, tmp_path)
     assert set(explorer.color_dropdown.options) == {"(none)", "pred", "knn_cnn", "sample_id", "cluster", "flagged"}
     explorer.color_dropdown.value = "knn_cnn"
     assert explorer.scatter.color()["by"] == "knn_cnn"
     explorer.lasso_toggle.value = "rectangle"
     assert explorer.scatter.lasso()["type"] == "rectangle"
     with pytest.raises(KeyError, match="nope"):
-        widgets.Explorer(xy, table, images, tmp_path, color_by="nope")
+        Explorer(xy, table, images, tmp_path, color_by="nope")
 
 
 def test_review_reloads_as_labels_latest_decision_wins(tmp_path: Path) -> None:
-    widgets.append_review(tmp_path, ["a.png", "b.png"], "candidate", "diatom")
-    widgets.append_review(tmp_path, ["b.png", "c.png"], "artefact")
-    review = widgets.load_review(tmp_path)
+    append_review(tmp_path, ["a.png", "b.png"], "candidate", "diatom")
+    append_review(tmp_path, ["b.png", "c.png"], "artefact")
+    review = load_review(tmp_path)
     assert review.index.tolist() == ["a.png", "b.png", "b.png", "c.png"]
-    labels = widgets.review_to_labels(review)
+    labels = review_to_labels(review)
     assert labels.to_dict() == {"a.png": "diatom", "b.png": "artefact", "c.png": "artefact"}
-    assert widgets.review_to_labels(review, artefact_label=None).to_dict() == {"a.png": "diatom"}
+    assert review_to_labels(review, artefact_label=None).to_dict() == {"a.png": "diatom"}
 
 
 def test_load_review_names_the_bad_line(tmp_path: Path) -> None:
-    assert widgets.load_review(tmp_path).empty
+    assert load_review(tmp_path).empty
     (tmp_path / "review.csv").write_text("particle_id,decision,name,timestamp\na.png,candidate,x,t\nb.png,keep,,t\n")
     with pytest.raises(ValueError, match="review.csv: line 3 has decision 'keep'"):
-        widgets.load_review(tmp_path)
+        load_review(tmp_path)

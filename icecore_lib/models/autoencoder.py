@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..torchdata import STUDY_IMAGE_MEAN, STUDY_IMAGE_STD, ImageNorm
+from ..nn.layers import STUDY_IMAGE_MEAN, STUDY_IMAGE_STD, ImageNorm
 
 
 def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:

@@ -11,13 +11,14 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 from scipy.stats import loguniform, randint, uniform
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.model_selection import ParameterSampler, StratifiedKFold
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold
 from tqdm.auto import tqdm
 
-from icecore_lib import schema
-from icecore_lib.evaluate import label_codes
-from icecore_lib.runs import atomic_path
+from ..evaluate import label_codes
+from ..files import atomic_path
+from ..nn.device import resolve_device
+from ..schema import FLOWCAM_FEATURES
 
 # Randomized-search space; keys are BDTClassifier parameters.
 SEARCH_SPACE: dict[str, Any] = {
@@ -35,8 +36,6 @@ _MODEL_ATTR = "icecore_bdt"
 
 def xgb_device(device: str = "auto") -> str:
     """The XGBoost device string: 'auto' picks CUDA when available; a named device must exist."""
-    from icecore_lib.train import resolve_device
-
     return str(resolve_device(device))
 
 
@@ -126,7 +125,7 @@ class BDTClassifier(ClassifierMixin, BaseEstimator):
     ) -> BDTClassifier:
         """Fit on (X, y); with ``eval_set=(X_val, y_val)`` stop early on the validation log-loss."""
         self.feature_names_in_ = np.asarray(
-            list(schema.FLOWCAM_FEATURES if self.features is None else self.features), dtype=object
+            list(FLOWCAM_FEATURES if self.features is None else self.features), dtype=object
         )
         self.n_features_in_ = len(self.feature_names_in_)
         codes, self.classes_ = _encode_fit(y)
@@ -279,12 +278,6 @@ def _python_scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _fold_accuracy(model: BDTClassifier, X: pd.DataFrame, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:
-    """Accuracy of ``model`` fitted on the train rows and scored on the test rows."""
-    model.fit(X.iloc[train], y[train])
-    return float(np.mean(model.predict(X.iloc[test]) == y[test]))
-
-
 def search(
     X: pd.DataFrame,
     y: Sequence[Any] | np.ndarray | pd.Series,
@@ -295,20 +288,14 @@ def search(
     base: BDTClassifier | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Randomized search with stratified k-fold CV accuracy: best parameters and every candidate's scores."""
-    space = SEARCH_SPACE if space is None else space
-    base = BDTClassifier(seed=seed) if base is None else base
-    labels = np.asarray(pd.Series(y).to_numpy(), dtype=object)
-    candidates = [{k: _python_scalar(v) for k, v in p.items()}
-                  for p in ParameterSampler(space, n_iter=n_iter, random_state=seed)]
-    folds = list(StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
-    rows = []
-    for params in tqdm(candidates, desc="BDT search", disable=not progress):
-        scores = [_fold_accuracy(clone(base).set_params(**params), X, labels, tr, te) for tr, te in folds]
-        rows.append({**params, "mean_accuracy": float(np.mean(scores)), "std_accuracy": float(np.std(scores))})
-    best = candidates[int(np.argmax([row["mean_accuracy"] for row in rows]))]
-    results = pd.DataFrame(rows).sort_values("mean_accuracy", ascending=False, kind="stable").reset_index(drop=True)
-    return best, results
-
-
-__all__ = ["SEARCH_SPACE", "BDTClassifier", "search", "xgb_device"]
+    """scikit-learn's randomized search, stratified k-fold CV accuracy: best parameters and every candidate's scores."""
+    searcher = RandomizedSearchCV(
+        BDTClassifier(seed=seed) if base is None else base, SEARCH_SPACE if space is None else space, n_iter=n_iter,
+        scoring="accuracy", cv=StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed), refit=False,
+        random_state=seed, error_score="raise", verbose=int(progress),
+    ).fit(X, np.asarray(pd.Series(y).to_numpy(), dtype=object))
+    found = searcher.cv_results_
+    rows = pd.DataFrame([{k: _python_scalar(v) for k, v in p.items()} for p in found["params"]])
+    results = rows.assign(mean_accuracy=found["mean_test_score"], std_accuracy=found["std_test_score"])
+    results = results.sort_values("mean_accuracy", ascending=False, kind="stable").reset_index(drop=True)
+    return {k: _python_scalar(v) for k, v in searcher.best_params_.items()}, results

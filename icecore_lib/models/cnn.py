@@ -13,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ..torchdata import STUDY_IMAGE_MEAN, STUDY_IMAGE_STD, ImageNorm
+from ..nn.layers import STUDY_IMAGE_MEAN, STUDY_IMAGE_STD, ImageNorm
 from .mlp import EMBED_DIM, EmbeddingClassifier, dense_stack
 
 WEIGHTS = ("none", "imagenet")

@@ -1,6 +1,6 @@
 """The metadata MLP (the study's NN_META) and the building blocks the neural classifiers share.
 
-Every torch model in icecore names the batch keys it reads in ``input_keys`` (see ``icecore_lib.torchdata``
+Every torch model in icecore names the batch keys it reads in ``input_keys`` (see ``icecore_lib.nn.batches``
 for the batch dict); the training loop calls ``model(*(batch[k] for k in model.input_keys))``.
 Classifiers expose ``embed`` (the 40-unit penultimate activations) and ``predict_step`` (logits and
 embedding from one pass).

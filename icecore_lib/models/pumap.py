@@ -26,8 +26,8 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from tqdm.auto import trange
 
-from ..embed import ArrayOrFrame, as_matrix, check_n_features, embedding_frame
-from ..runs import atomic_path
+from ..files import atomic_path
+from ..frames import ArrayOrFrame, as_matrix, check_n_features, embedding_frame
 
 _METADATA_KEY = "icecore_parametric_umap"
 _FORMAT_VERSION = 1

@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from icecore_lib import schema
-from icecore_lib.evaluate import ece_from_curve, row_normalise
-from icecore_lib.plots.common import class_colors, save
+from ..evaluate import ece_from_curve, row_normalise
+from ..schema import DEPTH, display_name
+from .common import class_colors, save
 
 
 def _names(keys: Sequence[Any]) -> list[str]:
     """Display names of class keys."""
-    return [schema.display_name(str(k)) for k in keys]
+    return [display_name(str(k)) for k in keys]
 
 
 def _heatmap(ax: Any, table: pd.DataFrame, fmt: str, title: str) -> Any:
@@ -147,7 +147,7 @@ def plot_shap_bar(explanation: Any, top: int = 15, path: Path | str | None = Non
     left = np.zeros(len(order))
     colors = class_colors(classes)
     for j, key in enumerate(classes):
-        ax.barh(range(len(order)), mean_abs[order, j], left=left, label=schema.display_name(key), color=colors[key])
+        ax.barh(range(len(order)), mean_abs[order, j], left=left, label=display_name(key), color=colors[key])
         left += mean_abs[order, j]
     ax.set_yticks(range(len(order)), [features[i] for i in order], fontsize=8)
     ax.set_xlabel("mean |SHAP value|")
@@ -174,10 +174,10 @@ def plot_shap_beeswarm(explanation: Any, class_key: Any, top: int = 15, seed: in
         scatter = ax.scatter(shap_class[:, i], row + jitter, c=colour, cmap="coolwarm", s=6, vmin=0, vmax=1)
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks(range(len(order)), [features[i] for i in order], fontsize=8)
-    ax.set_xlabel(f"SHAP value (impact on {schema.display_name(str(class_key))})")
+    ax.set_xlabel(f"SHAP value (impact on {display_name(str(class_key))})")
     if scatter is not None:
         fig.colorbar(scatter, ax=ax, label="feature value (rank: low to high)")
-    ax.set_title(f"SHAP beeswarm: {schema.display_name(str(class_key))}")
+    ax.set_title(f"SHAP beeswarm: {display_name(str(class_key))}")
     return save(fig, path)
 
 
@@ -257,7 +257,7 @@ def _composition_bars(ax: Any, series: Mapping[str, pd.DataFrame], classes: list
                color="black" if name == "truth" else f"C{k}", alpha=0.35 if name == "truth" else 1.0)
 
 
-def plot_composition_depth(long: pd.DataFrame, depth: str = schema.DEPTH, path: Path | str | None = None) -> Figure:
+def plot_composition_depth(long: pd.DataFrame, depth: str = DEPTH, path: Path | str | None = None) -> Figure:
     """Fraction of each class against depth (depth downwards, as in a core log), with interval bands."""
     if depth not in long.columns:
         raise ValueError(f"composition table has no depth column {depth!r}; columns are {list(long.columns)}")
@@ -267,7 +267,7 @@ def plot_composition_depth(long: pd.DataFrame, depth: str = schema.DEPTH, path: 
     for key, part in long.groupby("class", sort=False):
         part = part.sort_values(depth)
         color = colors[str(key)]
-        ax.plot(part["fraction"], part[depth], marker="o", ms=3, color=color, label=schema.display_name(str(key)))
+        ax.plot(part["fraction"], part[depth], marker="o", ms=3, color=color, label=display_name(str(key)))
         if part["ci_low"].notna().any():
             ax.fill_betweenx(part[depth], part["ci_low"], part["ci_high"], color=color, alpha=0.2)
     ax.invert_yaxis()

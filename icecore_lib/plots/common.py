@@ -10,6 +10,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from ..files import atomic_write_figure
 from ..schema import CLASSES, NEW_CLASS
 
 _PALETTE = ("#1f77b4", "#ff7f0e", "#8c564b", "#d62728", "#2ca02c", "#9467bd", "#7f7f7f", "#e377c2", "#17becf", "#bcbd22")
@@ -26,9 +27,5 @@ def class_colors(keys: list[str] | None = None) -> dict[str, str]:
 def save(fig: Figure, path: Path | str | None, dpi: int = 120) -> Figure:
     """Save a figure as PNG when a path is given (folders created, written atomically) and return it."""
     if path is not None:
-        from ..runs import atomic_path
-
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+        atomic_write_figure(fig, path, dpi)
     return fig

@@ -80,7 +80,7 @@ def feature_distributions(
     return save(fig, path)
 
 
-def class_conditional_shift(shift: pd.DataFrame, max_shift: float, names: dict[str, str] | None = None,
+def shift_heatmap(shift: pd.DataFrame, max_shift: float, names: dict[str, str] | None = None,
                             path: Path | str | None = None) -> Figure:
     """Heat map of each feature's lab -> core shift within each predicted class (SDs); dropped features marked."""
     classes = [c for c in shift.columns if c not in ("median_abs", "kept")]

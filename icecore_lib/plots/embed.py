@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..embed import ArrayOrFrame, as_matrix
+from ..frames import ArrayOrFrame, as_matrix
 from ..schema import CLASSES, NEW_CLASS, display_name
 from .common import class_colors, save
 

@@ -14,8 +14,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.gridspec import GridSpec, SubplotSpec
 
-from ..novelty import LIGHTS, feature_drift, flag_fraction_by_group
+from ..novelty.metrics import LIGHTS, flag_fraction_by_group
 from ..schema import DEPTH, FLOWCAM_FEATURES, LABEL, SAMPLE, display_name
+from ..shift.drift import feature_drift
 from .common import save
 
 PRED = "pred"
@@ -242,7 +243,7 @@ def _occurrence(ax, table: pd.DataFrame, members: pd.Index) -> None:
 
 
 def novelty_heatmap(loco: pd.DataFrame, metric: str = "auroc", path: Path | str | None = None) -> Figure:
-    """Heat map of a leave-one-class-out table (``novelty.loco_table``): held-out class x score, one metric."""
+    """Heat map of a leave-one-class-out table (``novelty.loco_novelty_table``): held-out class x score, one metric."""
     values = loco.xs(metric, axis=1, level="metric")
     fig = Figure(figsize=(0.8 * values.shape[1] + 2.5, 0.45 * values.shape[0] + 1.8))
     ax = fig.subplots()
@@ -260,7 +261,7 @@ def novelty_heatmap(loco: pd.DataFrame, metric: str = "auroc", path: Path | str 
 
 
 def drift_report(drift: pd.DataFrame, top: int = 15, path: Path | str | None = None) -> Figure:
-    """Lab -> core shift of the features (``novelty.feature_drift``): PSI and standardised mean difference."""
+    """Lab -> core shift of the features (``shift.drift.feature_drift``): PSI and standardised mean difference."""
     shown = drift.sort_values("psi", ascending=False).head(top).iloc[::-1]
     fig = Figure(figsize=(10, 0.3 * len(shown) + 1.5))
     ax_psi, ax_smd = fig.subplots(1, 2, sharey=True)

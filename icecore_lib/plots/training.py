@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..train import History, read_history
+from ..nn.loop import History, read_history
 from .common import save
 
 

@@ -24,9 +24,9 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .. import config as config_mod
-from ..features import flowcam_features
-from ..runs import atomic_write_json
+from ..config import SynthConfig, to_dict
+from ..files import atomic_write_json
+from ..images.features import flowcam_features
 from ..schema import CLASSES, DEPTH, FLOWCAM_FEATURES, IMGPATH, LABEL, NEW_CLASS, SAMPLE, SESSION
 from .preview import contact_sheet
 from .render import RENDERERS
@@ -68,7 +68,7 @@ class Task:
     preview: bool = False
 
 
-def check_config(cfg: config_mod.SynthConfig) -> None:
+def check_config(cfg: SynthConfig) -> None:
     """Fail naming the field when a synthetic config cannot make a dataset."""
     if cfg.n_train_per_class < 1:
         raise ValueError(f"SynthConfig.n_train_per_class must be >= 1, got {cfg.n_train_per_class}")
@@ -88,7 +88,7 @@ def _file_name(session: str, index: int, sample: str | None = None) -> str:
     return f"{stem}_fc80_20x_{index:06d}.png"
 
 
-def plan_train(cfg: config_mod.SynthConfig) -> pd.DataFrame:
+def plan_train(cfg: SynthConfig) -> pd.DataFrame:
     """The reference set: ``n_train_per_class`` (mildly imbalanced) per class, each class in its own session."""
     sessions = train_sessions(cfg.seed)
     rows = []
@@ -111,7 +111,7 @@ def _sample_shares(rng: np.random.Generator, n_samples: int) -> np.ndarray:
     return shares / shares.sum(axis=1, keepdims=True)
 
 
-def plan_core(cfg: config_mod.SynthConfig) -> pd.DataFrame:
+def plan_core(cfg: SynthConfig) -> pd.DataFrame:
     """The ice-core set: samples down the core, prior-shifted, ash layers, its own sessions, planted diatoms."""
     rng = np.random.default_rng([cfg.seed, _PLAN_STREAM])
     n_samples = cfg.n_core_samples
@@ -138,7 +138,7 @@ def plan_core(cfg: config_mod.SynthConfig) -> pd.DataFrame:
     })
 
 
-def _core_sessions(cfg: config_mod.SynthConfig) -> list[Session]:
+def _core_sessions(cfg: SynthConfig) -> list[Session]:
     """The core's sessions: one per contiguous run of samples, at most ``MAX_CORE_SESSIONS``."""
     return core_sessions(cfg.seed, min(MAX_CORE_SESSIONS, cfg.n_core_samples))
 
@@ -217,7 +217,7 @@ def _zip_entry(name: str) -> zipfile.ZipInfo:
 
 
 def _render_parts(
-    tasks: dict[str, list[Task]], folder: Path, cfg: config_mod.SynthConfig, progress: bool
+    tasks: dict[str, list[Task]], folder: Path, cfg: SynthConfig, progress: bool
 ) -> tuple[dict[str, pd.DataFrame], dict[str, list[np.ndarray]]]:
     """Render every part into ``folder``/<part>.zip; return each part's feature table and preview crops."""
     workers = cfg.workers or usable_cpus()
@@ -255,12 +255,12 @@ def _write_tables(folder: Path, plans: dict[str, pd.DataFrame], features: dict[s
 
 
 def _summary(
-    cfg: config_mod.SynthConfig, plans: dict[str, pd.DataFrame], sessions: dict[str, Session], seconds: float
+    cfg: SynthConfig, plans: dict[str, pd.DataFrame], sessions: dict[str, Session], seconds: float
 ) -> dict[str, Any]:
     """What synth.json records: the config, counts per part and class, each session's settings, timing."""
     n = sum(len(p) for p in plans.values())
     return {
-        "config": config_mod.to_dict(cfg),
+        "config": to_dict(cfg),
         "counts": {part: {str(k): int(v) for k, v in p[LABEL].value_counts().sort_index().items()}
                    for part, p in plans.items()},
         "n_particles": {part: len(p) for part, p in plans.items()},
@@ -286,7 +286,7 @@ def _ready_target(out_dir: Path) -> None:
         raise FileExistsError(f"{out_dir} exists and is not an empty folder; choose a new output folder")
 
 
-def generate(out_dir: Path, cfg: config_mod.SynthConfig, progress: bool = True) -> dict:
+def generate(out_dir: Path, cfg: SynthConfig, progress: bool = True) -> dict:
     """Write a synthetic dataset (train/core zips and CSVs, core truth, preview, synth.json); return its summary."""
     out_dir = Path(out_dir)
     check_config(cfg)

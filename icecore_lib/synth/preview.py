@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ..plots.common import save
+from ..files import atomic_write_figure
 from ..schema import display_name
 
 CELL = 96
@@ -57,4 +57,6 @@ def contact_sheet(
         for j, crop in enumerate(rows[i]):
             ax.text(_GAP + j * step + cell - 2, _GAP + i * step + cell - 2, f"{crop.shape[1]}x{crop.shape[0]}",
                     ha="right", va="bottom", fontsize=5, color="#ffd54f")
-    return save(fig, path)
+    if path is not None:
+        atomic_write_figure(fig, path)
+    return fig

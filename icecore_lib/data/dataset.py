@@ -1,0 +1,69 @@
+"""The one entry point the notebooks use: a manifest dataset, checked, packed and split."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import StageConfig
+from ..schema import LABEL, SPLIT
+from .manifest import ManifestError, ResolvedPart, load_manifest
+from .pack import Packed, pack_part
+from .resolve import resolve_parts
+from .splits import packed_split
+from .validate import CheckReport, check_part, read_table
+
+
+@dataclass(frozen=True)
+class DatasetBundle:
+    """A dataset ready for the models: packed train (with a ``split`` column), packed core, core truth."""
+
+    name: str
+    train: Packed
+    core: Packed | None
+    truth: pd.Series | None  # label of core particles, indexed by particle_id; for evaluation only
+    classes: dict[str, str]  # class key -> display name
+    preview: Path | None = None  # the synthetic generator's contact sheet, when the data is synthetic
+
+    def parts(self) -> dict[str, Packed]:
+        """The packed parts by name (core only when the dataset has one)."""
+        return {"train": self.train} | ({"core": self.core} if self.core is not None else {})
+
+
+def dataset_parts(cfg: StageConfig, progress: bool = True) -> dict[str, ResolvedPart]:
+    """Every part of the stage's dataset, resolved to files (synthetic data generated on first use)."""
+    manifest = load_manifest(cfg.manifest)
+    return resolve_parts(manifest, cfg.dataset_name, cfg.cache_path, progress=progress)
+
+
+def check_dataset(cfg: StageConfig, progress: bool = True, workers: int = 0) -> dict[str, CheckReport]:
+    """The check report of every part of the stage's dataset, images decoded."""
+    return {name: check_part(part, workers=workers, progress=progress)
+            for name, part in dataset_parts(cfg, progress).items()}
+
+
+def load_dataset(cfg: StageConfig, progress: bool = True, workers: int = 0) -> DatasetBundle:
+    """Resolve, check and pack ``cfg.dataset_name``; attach the split to train; load the core's truth.
+
+    Strict unless ``cfg.skip_bad``; ``workers`` decoding processes (0 = every core) on the first call only.
+    """
+    manifest = load_manifest(cfg.manifest)
+    name = cfg.dataset_name
+    parts = resolve_parts(manifest, name, cfg.cache_path, progress=progress)
+    if "train" not in parts:
+        raise ManifestError(f"dataset {name!r} has no train part; it has: {', '.join(parts)}")
+    packed = {
+        part: pack_part(parts[part], cfg.image_size, cfg.cache_path, skip_bad=cfg.skip_bad,
+                        workers=workers, progress=progress)
+        for part in ("train", "core") if part in parts
+    }
+    split = packed_split(packed["train"], seed=cfg.seed, val_fraction=cfg.val_fraction,
+                         test_fraction=cfg.test_fraction, group_by=cfg.group_split_by or None)
+    train = dataclasses.replace(packed["train"], table=packed["train"].table.assign(**{SPLIT: split}))
+    truth = read_table(parts["truth"])[LABEL] if "truth" in parts else None
+    preview = parts["train"].root / "preview.png"
+    return DatasetBundle(name=name, train=train, core=packed.get("core"), truth=truth,
+                         classes=manifest.classes_of(name), preview=preview if preview.is_file() else None)

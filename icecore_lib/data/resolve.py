@@ -1,0 +1,77 @@
+"""A manifest dataset resolved to files on disk: its root (environment variables expanded) or, for synthetic data,
+the cache folder the generator fills on first use; every CSV and image source checked to exist.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+
+from ..config import default_cache_dir
+from ..synth.dataset import generate
+from .manifest import CsvFile, DatasetSpec, Manifest, ManifestError, ResolvedPart, SyntheticSpec
+
+
+def dataset_root(manifest: Manifest, name: str, cache_dir: Path | None = None, progress: bool = True) -> Path:
+    """Where a dataset's files are: its ``root`` (env vars expanded), or its synthetic cache folder."""
+    spec = manifest.dataset(name)
+    if spec.synthetic is not None:
+        return ensure_synthetic(spec.synthetic, cache_dir or default_cache_dir(), progress=progress)
+    try:
+        text = string.Template(str(spec.root)).substitute(os.environ)
+    except KeyError as exc:
+        how = spec.source.get("instructions", "set it to the folder that holds the data")
+        unset = "${" + exc.args[0] + "}"
+        raise ManifestError(f"dataset {name!r}: root {spec.root!r} uses {unset}, which is not set. {how}") from exc
+    root = Path(text).expanduser()
+    return root if root.is_absolute() else manifest.path.parent / root
+
+
+def ensure_synthetic(spec: SyntheticSpec, cache_dir: Path, progress: bool = True) -> Path:
+    """The synthetic dataset's folder, generated on first use (the generator writes atomically)."""
+    target = Path(cache_dir) / "synthetic" / spec.folder
+    if not target.is_dir():
+        generate(target, spec.config(), progress=progress)
+    return target
+
+
+def resolve_part(
+    manifest: Manifest, dataset: str, part: str, cache_dir: Path | None = None, progress: bool = True
+) -> ResolvedPart:
+    """A dataset part with every file resolved and checked to exist (synthetic data generated first)."""
+    spec = manifest.dataset(dataset)
+    if part not in spec.parts:
+        raise ManifestError(f"dataset {dataset!r} has no part {part!r}; it has: {', '.join(spec.parts)}")
+    root = dataset_root(manifest, dataset, cache_dir, progress)
+    pspec = spec.parts[part]
+    where = f"dataset {dataset!r}, part {part!r}"
+    csvs = tuple(CsvFile(path=_existing(root, c.path, where, spec), name=c.path, label=c.label) for c in pspec.csv)
+    images = _existing(root, pspec.images, where, spec) if pspec.images else None
+    files = {c.name: c.path for c in csvs} | ({pspec.images: images} if images is not None else {})
+    sha = {}
+    for file, digest in pspec.sha256.items():
+        if file not in files or files[file].is_dir():
+            raise ManifestError(f"{where}: sha256 names {file!r}, which is not one of its CSV or zip files")
+        sha[files[file]] = digest
+    return ResolvedPart(
+        dataset=dataset, part=part, root=root, csvs=csvs, images=images,
+        classes=tuple(manifest.classes_of(dataset)), columns=dict(pspec.columns),
+        imgpath_prefix=pspec.imgpath_prefix, session_pattern=pspec.session_pattern, sha256=sha,
+    )
+
+
+def _existing(root: Path, relative: str, where: str, spec: DatasetSpec) -> Path:
+    """``root / relative``, which must exist; the error says where to get the data."""
+    path = root / relative
+    if not path.exists():
+        hint = f" Get the data: {', '.join(f'{k}: {v}' for k, v in spec.source.items())}" if spec.source else ""
+        raise FileNotFoundError(f"{where}: {relative} not found at {path}.{hint}")
+    return path
+
+
+def resolve_parts(
+    manifest: Manifest, dataset: str, cache_dir: Path | None = None, progress: bool = True
+) -> dict[str, ResolvedPart]:
+    """Every part of a dataset, resolved, in the manifest's order."""
+    return {p: resolve_part(manifest, dataset, p, cache_dir, progress) for p in manifest.dataset(dataset).parts}

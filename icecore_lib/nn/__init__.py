@@ -1,0 +1,1 @@
+"""Torch machinery every network shares: device, layers, batches, augmentation, the training loop, checkpoints, DDP helpers."""

@@ -1,0 +1,1 @@
+"""Novelty: per-particle scores, detectors fitted on training embeddings, the scorer that combines them, their metrics."""

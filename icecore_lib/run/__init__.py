@@ -1,0 +1,1 @@
+"""Run directories and their artefacts, the notebook set-up, the pipeline, the report, Colab staging."""

@@ -1,0 +1,1 @@
+"""The lab -> core acquisition shift: feature drift and the session shortcut audit."""

@@ -1,0 +1,294 @@
+"""Notebook 02: ResNet18 with and without metadata, calibrated, thresholded, audited; the core's predictions and composition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..data.dataset import DatasetBundle
+from ..data.splits import split_ids
+from ..evaluate import (
+    TemperatureScaler,
+    apply_thresholds,
+    classification_report_df,
+    compare_models,
+    confusion_counts,
+    expected_calibration_error,
+    fit_thresholds,
+    metric_scalars,
+    reliability_curve,
+    row_normalise,
+    threshold_coverage,
+)
+from ..plots.classify import plot_composition, plot_composition_depth
+from ..quantify import bootstrap_composition, composition_by_group, composition_error, group_errors
+from ..run.notebook import Skipped, Stage
+from ..schema import DEPTH, LABEL, SAMPLE, SESSION
+from ..shift.audit import ProbeResult, domain_drop, session_probe
+from ..train.classifier import EMBED_PREFIX, ClassifierOutputs, evaluate_split, fit_torch_classifier
+
+PROBA_PREFIX = "p_"  # the calibrated probability columns of the core predictions table
+
+
+COMPOSITION_METHODS = ("cc", "acc", "em")  # raw counts, then the two prior-shift corrections
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling fitted on validation logits, with test ECE before and after."""
+
+    temperature: float
+    ece_before: float
+    ece_after: float
+    curves: dict[str, pd.DataFrame]
+
+
+def calibrate(outputs: ClassifierOutputs, table: pd.DataFrame, n_bins: int = 15) -> Calibration:
+    """Fit a temperature on val; report the test set's ECE and reliability curves before and after."""
+    val = split_ids(table, "val")
+    scaler = TemperatureScaler().fit(outputs.labelled_logits.loc[val], table.loc[val, LABEL], outputs.classes)
+    t = scaler.temperature_
+    y = table.loc[split_ids(table, "test"), LABEL]
+    probas = {"uncalibrated": outputs.proba("test", table), f"temperature {t:.2f}": outputs.proba("test", table, t)}
+    eces = {name: expected_calibration_error(p, y, n_bins) for name, p in probas.items()}
+    curves = {f"{name} (ECE {eces[name]:.3f})": reliability_curve(p, y, n_bins) for name, p in probas.items()}
+    before, after = eces.values()
+    return Calibration(t, before, after, curves)
+
+
+def core_table(outputs: ClassifierOutputs, temperature: float, thresholds: pd.Series) -> pd.DataFrame:
+    """Per core particle: calibrated probabilities, predicted class, max probability, unassigned flag, embedding."""
+    proba = outputs.core_proba(temperature)
+    pred, unassigned = apply_thresholds(proba, thresholds)
+    table = proba.add_prefix(PROBA_PREFIX).assign(pred=proba.idxmax(axis=1), max_prob=proba.max(axis=1),
+                                          assigned=pred, unassigned=unassigned)
+    if outputs.core_embedding is not None:
+        table = table.join(outputs.core_embedding)
+    return table
+
+
+def table_proba(core_predictions: pd.DataFrame) -> pd.DataFrame:
+    """The calibrated class probabilities of a :func:`core_table` (or its saved copy), one column per class."""
+    columns = [c for c in core_predictions.columns if c.startswith(PROBA_PREFIX)]
+    return core_predictions[columns].rename(columns=lambda c: c.removeprefix(PROBA_PREFIX))
+
+
+def train_priors(classes: Sequence[str], table: pd.DataFrame) -> pd.Series:
+    """Class fractions of the training split: the prior the classifier learned, which EM adjusts away from."""
+    labels = table.loc[split_ids(table, "train"), LABEL]
+    return labels.value_counts(normalize=True).reindex(list(classes), fill_value=0.0)
+
+
+def confusion_rates(outputs: ClassifierOutputs, table: pd.DataFrame) -> pd.DataFrame:
+    """The validation split's row-normalised confusion matrix (rows true): what adjusted counting inverts."""
+    val = split_ids(table, "val")
+    pred = outputs.labelled_logits.loc[val].idxmax(axis=1)
+    return row_normalise(confusion_counts(table.loc[val, LABEL], pred, outputs.classes))
+
+
+def _composition_options(outputs: ClassifierOutputs, table: pd.DataFrame) -> dict[str, Any]:
+    """What the corrections need: the training priors (EM) and the validation confusion rates (adjusted count)."""
+    return {"train_priors": train_priors(outputs.classes, table), "confusion_rates": confusion_rates(outputs, table)}
+
+
+def compositions(outputs: ClassifierOutputs, table: pd.DataFrame, temperature: float, *, n_boot: int,
+                 seed: int) -> dict[str, pd.DataFrame]:
+    """Core composition by classify-and-count, adjusted count and EM prior adjustment, with bootstrap intervals.
+
+    The intervals resample the core's particles; the validation confusion rates of the adjusted count stay fixed.
+    """
+    proba, options = outputs.core_proba(temperature), _composition_options(outputs, table)
+    return {method: bootstrap_composition(proba, method, n_boot=n_boot, seed=seed, **options)
+            for method in COMPOSITION_METHODS}
+
+
+def sample_errors(outputs: ClassifierOutputs, table: pd.DataFrame, temperature: float, samples: pd.Series,
+                  truth: pd.Series) -> pd.DataFrame:
+    """Per core sample: each method's mean absolute error per class against the truth, and its particle count.
+
+    Each depth sample has a composition of its own (an ash layer, a dusty stretch), so each has its own prior shift.
+    """
+    proba, options = outputs.core_proba(temperature), _composition_options(outputs, table)
+    samples = samples.reindex(proba.index)
+    by_sample = {method: composition_by_group(proba, samples, method, progress=False, **options)
+                 for method in COMPOSITION_METHODS}
+    return group_errors(by_sample, truth, samples).join(samples.value_counts().rename("n_particles"))
+
+
+def comparison_table(metrics: dict[str, Any], tests: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """The study's slide: metadata models (from notebook 01's metrics) against the image models, test split."""
+    rows = {f"{name.upper()} (metadata)": v for name, v in metrics.get("01_metadata", {}).items()}
+    rows |= {f"CNN ({'images + metadata' if v == 'both' else 'images'})": r for v, r in tests.items()}
+    return compare_models(rows)
+
+
+def best_variant(outputs: dict[str, ClassifierOutputs], table: pd.DataFrame) -> str:
+    """The variant with the highest validation accuracy (the test split stays untouched by the choice)."""
+    return max(outputs, key=lambda v: evaluate_split(outputs[v], table, "val")["accuracy"])
+
+
+def core_accuracy_drop(outputs: ClassifierOutputs, test: dict[str, Any], bundle: DatasetBundle) -> Any:
+    """Accuracy on the core's known-class particles against the test split (None without a truth file)."""
+    known = _core_known(outputs, bundle)
+    if known is None:
+        return None
+    truth, pred = known
+    return domain_drop(test["accuracy"], float((pred == truth).mean()), domain="core (known classes)")
+
+
+def _core_known(outputs: ClassifierOutputs, bundle: DatasetBundle) -> tuple[pd.Series, pd.Series] | None:
+    """True and predicted class of the core particles whose true class the model knows (None without truth)."""
+    if bundle.truth is None or outputs.core_logits is None:
+        return None
+    truth = bundle.truth.reindex(outputs.core_logits.index)
+    known = truth.isin(outputs.classes).to_numpy()
+    return truth[known], outputs.core_logits[known].idxmax(axis=1)
+
+
+def core_recall_table(outputs: ClassifierOutputs, test: dict[str, Any], bundle: DatasetBundle,
+                      warn_drop: float = 0.10) -> pd.DataFrame | None:
+    """Per class: recall on the test split and on the core's truth, and a flag where the core loses > ``warn_drop``.
+
+    An average accuracy can hide one class that the core's acquisition shift breaks; this table does not.
+    """
+    known = _core_known(outputs, bundle)
+    if known is None:
+        return None
+    core = classification_report_df(*known, outputs.classes)
+    table = pd.DataFrame({"test_recall": test["per_class"]["recall"], "core_recall": core["recall"],
+                          "core_support": core["support"]})
+    table["drop"] = table["test_recall"] - table["core_recall"]
+    table["warning"] = table["drop"] > warn_drop
+    return table
+
+
+def cnn_metrics(tests: dict[str, dict[str, Any]], best: str, calibration: Calibration, coverage: pd.DataFrame,
+                probe: Any, core_drop: Any, core_recall: pd.DataFrame | None, errors: pd.DataFrame | None,
+                per_sample: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Everything notebook 02 reports, as plain values for metrics.json."""
+    metrics: dict[str, Any] = {v: metric_scalars(r) for v, r in tests.items()}
+    metrics["core_model"] = best
+    metrics["calibration"] = {"temperature": calibration.temperature, "ece_before": calibration.ece_before,
+                              "ece_after": calibration.ece_after}
+    metrics["thresholds"] = coverage.reset_index().to_dict(orient="records")
+    metrics["session_probe"] = probe.summary()
+    if core_drop is not None:
+        metrics["core_accuracy"] = {"test": core_drop.reference, "core": core_drop.shifted, "warning": core_drop.warning}
+    if core_recall is not None:
+        metrics["core_recall"] = core_recall.to_dict(orient="index")
+    if errors is not None:
+        metrics["composition_mae"] = errors.filter(like="_abs_error").mean().to_dict()
+    if per_sample is not None:
+        metrics["composition_mae_per_sample"] = per_sample[list(COMPOSITION_METHODS)].mean().to_dict()
+    return metrics
+
+
+def train_variants(stage: Stage) -> dict[str, ClassifierOutputs]:
+    """Train every CNN variant of ``cfg.variants`` (images; images + metadata) and predict every particle."""
+    return {variant: fit_torch_classifier(stage.bundle, stage.cfg, variant, stage.run.file("model", model=f"cnn_{variant}"))
+            for variant in stage.cfg.variants}
+
+
+def test_results(stage: Stage, outputs: dict[str, ClassifierOutputs]) -> dict[str, dict[str, Any]]:
+    """Every metric of each variant on the test split, with bootstrap intervals."""
+    return {variant: evaluate_split(out, stage.table, "test", n_boot=stage.cfg.bootstrap, seed=stage.cfg.seed)
+            for variant, out in outputs.items()}
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Per-class probability thresholds fitted on validation at the target precision, and their test coverage."""
+
+    thresholds: pd.Series
+    coverage: pd.DataFrame
+
+
+def fit_trust(stage: Stage, outputs: ClassifierOutputs, calibration: Calibration) -> Trust:
+    """Thresholds on the calibrated validation probabilities; "unassigned" below them; coverage on test."""
+    table, t = stage.table, calibration.temperature
+    thresholds = fit_thresholds(outputs.proba("val", table, t), table.loc[split_ids(table, "val"), LABEL],
+                                stage.cfg.target_precision)
+    coverage = threshold_coverage(outputs.proba("test", table, t), thresholds,
+                                  table.loc[split_ids(table, "test"), LABEL])
+    return Trust(thresholds, coverage)
+
+
+def shortcut_audit(stage: Stage) -> ProbeResult:
+    """Can image background and blur statistics alone tell the acquisition sessions apart?"""
+    return session_probe(stage.bundle.train.images, stage.table[SESSION], stage.table[LABEL], seed=stage.cfg.seed)
+
+
+def predict_core(stage: Stage, outputs: ClassifierOutputs, calibration: Calibration, trust: Trust) -> pd.DataFrame:
+    """The core's per-particle predictions, written to the run (Parquet with the embedding, CSV without)."""
+    table = core_table(outputs, calibration.temperature, trust.thresholds)
+    stage.run.write("core_predictions", table)
+    stage.run.write("core_predictions_csv", table.drop(columns=[c for c in table if c.startswith(EMBED_PREFIX)]))
+    return table
+
+
+@dataclass(frozen=True)
+class CoreComposition:
+    """The core's composition by each method, with intervals; errors against the truth where it is known."""
+
+    compositions: dict[str, pd.DataFrame]
+    errors: pd.DataFrame | None
+
+
+def core_composition(stage: Stage, outputs: ClassifierOutputs, calibration: Calibration) -> CoreComposition:
+    """Classify-and-count, adjusted count and EM over the whole core; scored against the truth file when there is one."""
+    compositions_ = compositions(outputs, stage.table, calibration.temperature, n_boot=stage.cfg.bootstrap,
+                                 seed=stage.cfg.seed)
+    truth = core_truth(stage, outputs)
+    errors = (composition_error({m: c["fraction"] for m, c in compositions_.items()}, truth)
+              if truth is not None else None)
+    return CoreComposition(compositions_, errors)
+
+
+def core_truth(stage: Stage, outputs: ClassifierOutputs) -> pd.Series | None:
+    """The core particles' true classes in the order of the predictions (None without a truth file)."""
+    if stage.bundle.truth is None or outputs.core_logits is None:
+        return None
+    return stage.bundle.truth.reindex(outputs.core_logits.index)
+
+
+def composition_figure(stage: Stage, composition: CoreComposition) -> Figure:
+    """Each method's composition with its interval; below it, its error against the truth when known."""
+    truth = composition.errors["truth"] if composition.errors is not None else None
+    return plot_composition(composition.compositions, truth=truth, path=stage.figure("02_core_composition.png"))
+
+
+def composition_errors(composition: CoreComposition) -> pd.DataFrame | Skipped:
+    """Per class: each method's estimate against the truth."""
+    if composition.errors is None:
+        return Skipped("the composition errors", "there is no truth file for this core")
+    return composition.errors.round(4)
+
+
+def depth_profile(stage: Stage, outputs: ClassifierOutputs, calibration: Calibration) -> Figure | Skipped:
+    """EM-adjusted composition per sample against depth."""
+    core = stage.bundle.core
+    if core is None or SAMPLE not in core.table or DEPTH not in core.table:
+        return Skipped("the composition against depth", "the core has no sample_id and depth_m columns")
+    by_depth = composition_by_group(outputs.core_proba(calibration.temperature), core.table[SAMPLE], method="em",
+                                    train_priors=train_priors(outputs.classes, stage.table), depth=core.table[DEPTH])
+    return plot_composition_depth(by_depth, path=stage.figure("02_composition_vs_depth.png"))
+
+
+def per_sample_errors(stage: Stage, outputs: ClassifierOutputs, calibration: Calibration) -> pd.DataFrame | None:
+    """Each depth sample's composition error per method (None without a truth file or samples)."""
+    truth = core_truth(stage, outputs)
+    if truth is None or SAMPLE not in stage.bundle.core.table:
+        return None
+    return sample_errors(outputs, stage.table, calibration.temperature, stage.bundle.core.table[SAMPLE], truth)
+
+
+def save(stage: Stage, outputs: dict[str, ClassifierOutputs], metrics: dict[str, Any]) -> None:
+    """Every variant's per-particle outputs, and notebook 02's numbers in metrics.json (section ``02_cnn``)."""
+    for out in outputs.values():
+        out.save(stage.run)
+    stage.run.update_metrics("02_cnn", metrics)

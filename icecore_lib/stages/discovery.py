@@ -1,0 +1,395 @@
+"""Discovery workflow of notebook 05: novelty scores for the core, measured on leave-one-class-out runs.
+
+Scores come from what notebooks 02-04 wrote (classifier logits, autoencoder loss and latent, CNN embedding,
+UMAP map) and from the standardised metadata; the detectors are fitted on the training split only, so
+scoring new particles needs no refit. The combined rank averages the per-score percentile ranks of the
+scores that exist for every model (the leave-one-class-out runs have no UMAP map): the UMAP-space
+outlierness (``knn_umap``) is reported beside it, as its own score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..config import DiscoveryConfig
+from ..data.dataset import DatasetBundle
+from ..novelty.detectors import KNNDistance
+from ..novelty.metrics import (
+    UnknownThreshold,
+    flag_fraction_by_group,
+    loco_novelty_table,
+    novelty_metrics,
+    traffic_light,
+    traffic_light_by_group,
+    unknown_threshold,
+)
+from ..novelty.scorer import NoveltyScorer
+from ..plots.classify import plot_composition
+from ..plots.gallery import discovery_card, top_k_gallery, traffic_light_bars
+from ..quantify import bootstrap_composition, composition_error
+from ..run.artifacts import Run
+from ..run.notebook import Skipped, Stage
+from ..schema import DEPTH, LABEL, NEW_CLASS, SAMPLE, SPLIT
+from ..train.autoencoder import LATENT_PREFIX, RECON, AEOutputs
+from ..train.classifier import ClassifierOutputs
+from ..widgets import CANDIDATE, Explorer, load_review, review_to_labels
+from .cnn import table_proba, train_priors
+from .loco import holdouts_in_run, load_fold
+from .maps import load_map
+from .spaces import Space, core_model_name, core_predictions
+
+UMAP_SCORE = "knn_umap"
+# What the core table holds beside the scores: notebook 02's prediction, notebook 04's cluster, the unknown flag.
+CONTEXT_COLUMNS = ("pred", "max_prob", "unassigned", "cluster", "unknown")
+
+
+@dataclass(frozen=True)
+class ScorerInputs:
+    """Everything a novelty score reads, for one set of particles (keyed by particle id)."""
+
+    logits: pd.DataFrame
+    recon: pd.Series
+    embeddings: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def rows(self, ids: pd.Index) -> ScorerInputs:
+        """The same inputs restricted to some particles."""
+        return ScorerInputs(self.logits.loc[ids], self.recon.loc[ids], {k: v.loc[ids] for k, v in self.embeddings.items()})
+
+
+def _inputs(cnn: ClassifierOutputs, ae: AEOutputs, meta: Space, part: str) -> ScorerInputs:
+    """Scorer inputs of the labelled part or the core from one CNN, one autoencoder and the metadata."""
+    logits = cnn.labelled_logits if part == "labelled" else cnn.core_logits
+    emb = cnn.labelled_embedding if part == "labelled" else cnn.core_embedding
+    ae_table = ae.labelled if part == "labelled" else ae.core
+    return ScorerInputs(logits, ae_table[RECON],
+                        {"cnn": emb, "ae": ae_table.filter(like=LATENT_PREFIX),
+                         "meta": meta.labelled if part == "labelled" else meta.core})
+
+
+def run_inputs(run: Run, bundle: DatasetBundle, cfg: DiscoveryConfig, meta: Space) -> dict[str, ScorerInputs]:
+    """Scorer inputs of the labelled part and the core from the run's notebook 02-03 models and a metadata space."""
+    cnn = ClassifierOutputs.load(run, core_model_name(run))
+    ae = AEOutputs.load(run, cfg.ae_latent)
+    return {part: _inputs(cnn, ae, meta, part) for part in ("labelled", "core")}
+
+
+def fit_scorer(inputs: ScorerInputs, table: pd.DataFrame, cfg: DiscoveryConfig, exclude: tuple[str, ...] = (),
+               combine: list[str] | None = None, progress: bool = True) -> NoveltyScorer:
+    """Fit every detector on the training split (minus excluded classes), with labels for Mahalanobis."""
+    train = table.index[(table[SPLIT] == "train") & ~table[LABEL].isin(exclude)]
+    fitted = inputs.rows(train)
+    return NoveltyScorer(k=cfg.k_neighbors, quantile=cfg.flag_quantile, combine=combine,
+                                 progress=progress).fit(fitted.logits, fitted.recon, fitted.embeddings,
+                                                        labels=table.loc[train, LABEL])
+
+
+def score(scorer: NoveltyScorer, inputs: ScorerInputs) -> pd.DataFrame:
+    """Novelty scores (higher = more novel), combined rank and the flagging scores of some particles."""
+    return scorer.score_samples(inputs.logits, inputs.recon, inputs.embeddings)
+
+
+def umap_outlierness(run: Run, table: pd.DataFrame, k: int) -> pd.Series:
+    """kNN distance of each core particle to the training split on notebook 04's UMAP map (the study's third way)."""
+    train_map = load_map(run, "labelled").loc[table.index[table[SPLIT] == "train"]]
+    core_map = load_map(run, "core")
+    detector = KNNDistance(k).fit(train_map.to_numpy())
+    return pd.Series(detector.score_samples(core_map.to_numpy()), index=core_map.index, name=UMAP_SCORE)
+
+
+@dataclass(frozen=True)
+class HoldoutScores:
+    """Scores of one leave-one-class-out fold: test particles of known classes and every held-out particle."""
+
+    holdout: str
+    scores: pd.DataFrame
+    is_novel: pd.Series
+    percentiles: pd.DataFrame  # each score's percentile rank against the fold's training reference
+
+    def recombined(self, names: list[str]) -> HoldoutScores:
+        """The same fold with its combined rank averaged over ``names`` only."""
+        scores = self.scores.assign(combined_rank=self.percentiles[names].mean(axis=1))
+        return HoldoutScores(self.holdout, scores, self.is_novel, self.percentiles)
+
+
+def holdout_scores(run: Run, bundle: DatasetBundle, cfg: DiscoveryConfig, holdout: str,
+                   meta: Space, progress: bool = True) -> HoldoutScores:
+    """Score one fold with detectors fitted on the models of notebook 04 that never saw the held-out class.
+
+    The query is the test split, all classes: the held-out class keeps its natural share there, so recall in
+    the top k means what it would mean on a core where the new class is a minority.
+    """
+    table = bundle.train.table
+    fold = load_fold(run, holdout, cfg.ae_latent)
+    inputs = _inputs(fold.cnn, fold.ae, meta, "labelled")
+    scorer = fit_scorer(inputs, table, cfg, exclude=(holdout,), progress=progress)
+    query = table.index[table[SPLIT] == "test"]
+    scores = score(scorer, inputs.rows(query))
+    return HoldoutScores(holdout, scores, (table.loc[query, LABEL] == holdout).rename("is_novel"),
+                         scorer.percentiles(scores[scorer.score_names_]))
+
+
+def score_shift(scorer: NoveltyScorer, inputs: dict[str, ScorerInputs], table: pd.DataFrame) -> pd.Series:
+    """How far the lab -> core acquisition shift moves each score, label-free, in percentile points.
+
+    Per predicted class: median percentile of the core particles minus that of the lab's test particles;
+    the median over classes summarises (a new type hiding in one class cannot move it). A score that moves
+    here responds to the instrument session, and would fill the top of a core ranking with it.
+    """
+    test = table.index[table[SPLIT] == "test"]
+    parts = {"core": inputs["core"], "test": inputs["labelled"].rows(test)}
+    medians = {}
+    for name, part in parts.items():
+        pct = scorer.percentiles(score(scorer, part)[scorer.score_names_])
+        medians[name] = pct.groupby(part.logits.to_numpy().argmax(axis=1)).median()
+    return (medians["core"] - medians["test"]).median(axis=0).rename("acquisition_shift")
+
+
+def choose_scores(loco_novelty: pd.DataFrame, shift: pd.Series, margin: float, max_shift: float) -> pd.DataFrame:
+    """Which scores the combined rank averages: stable under the acquisition shift, and near the best on LOCO.
+
+    The leave-one-class-out folds have no acquisition shift (held-out classes come from lab sessions), so they
+    rank scores by how well they separate a new class but cannot see how a score reacts to the core's sessions;
+    ``score_shift`` can. Kept: ``|shift| <= max_shift`` and a mean LOCO AUROC within ``margin`` of the best such
+    score (averaging in clearly weaker scores adds their false alarms). The folds choose, so their own
+    combined-rank row is optimistic; the core is the independent check.
+    """
+    auroc = loco_novelty.loc["mean"].xs("auroc", level="metric").drop("combined_rank", errors="ignore")
+    table = pd.DataFrame({"loco_auroc": auroc, "acquisition_shift": shift.reindex(auroc.index)})
+    table["stable"] = table["acquisition_shift"].abs() <= max_shift
+    if not table["stable"].any():
+        raise ValueError(f"every score shifts by more than {max_shift} between lab and core: raise max_score_shift")
+    best = table.loc[table["stable"], "loco_auroc"].max()
+    table["chosen"] = table["stable"] & (table["loco_auroc"] >= best - margin)
+    return table.sort_values("loco_auroc", ascending=False).rename_axis("score")
+
+
+def pooled_threshold(folds: list[HoldoutScores], target_tpr: float) -> UnknownThreshold:
+    """An "unknown" threshold on the combined rank that catches ``target_tpr`` of held-out particles, all folds pooled."""
+    ranks = pd.concat([f.scores["combined_rank"] for f in folds])
+    novel = pd.concat([f.is_novel for f in folds]).to_numpy()
+    return unknown_threshold(ranks[novel].to_numpy(), ranks[~novel].to_numpy(), target_tpr)
+
+
+def new_class_metrics(scores: pd.DataFrame, truth: pd.Series | None, ks: tuple[int, ...]) -> pd.DataFrame | None:
+    """AUROC, FPR95 and recall in the top k of every score for the planted new class (None without truth)."""
+    if truth is None:
+        return None
+    is_new = (truth.reindex(scores.index) == NEW_CLASS).rename("is_novel")
+    if not is_new.any():
+        return None
+    return novelty_metrics(scores, is_new, ks).sort_values("auroc", ascending=False)
+
+
+def flagged_by_sample(unknown: pd.Series, core: pd.DataFrame) -> pd.DataFrame:
+    """Fraction of particles flagged unknown per sample, with its depth, shallowest first."""
+    groups = core[["sample_id", "depth_m"]].groupby("sample_id")["depth_m"].transform("median").round(3)
+    return flag_fraction_by_group(unknown, pd.DataFrame({"sample_id": core["sample_id"], "depth_m": groups}))
+
+
+def candidate_clusters(scored: pd.DataFrame, summary: pd.DataFrame, min_size: int = 5) -> list[int]:
+    """Core clusters worth a discovery card: flagged ones (far from training, or a crowd it lacks) first, then by mean combined rank."""
+    ranks = scored[scored["cluster"] >= 0].groupby("cluster")["combined_rank"].agg(["mean", "size"])
+    ranks = ranks[ranks["size"] >= min_size].join(summary["flagged"])
+    ranks = ranks.sort_values(["flagged", "mean"], ascending=False)
+    return [int(c) for c in ranks.index[:3]]
+
+
+def nearest_class_rows(summary: pd.DataFrame, cluster: int, table: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """The training particles of the class nearest to a cluster (the discovery card's reference)."""
+    nearest = str(summary.loc[cluster, "nearest_class"])
+    return nearest, table[(table[SPLIT] == "train") & (table[LABEL] == nearest)]
+
+
+def open_set_compositions(core_pred: pd.DataFrame, unknown: pd.Series, table: pd.DataFrame, *, n_boot: int,
+                          seed: int) -> dict[str, pd.DataFrame]:
+    """The core's composition by classify-and-count and EM over every particle (notebook 02's) and with the
+    particles flagged unknown set aside, each with bootstrap intervals.
+
+    A closed-set classifier counts a class it was never shown as the known class it most resembles; no prior
+    correction can undo that, setting the flagged particles aside can. ``core_pred``: notebook 02's table
+    (calibrated ``p_<class>`` columns).
+    """
+    proba = table_proba(core_pred)
+    kept = ~unknown.reindex(proba.index).fillna(False).astype(bool)
+    if not kept.any():
+        raise ValueError("every core particle is flagged unknown: there is no known-class composition to estimate")
+    priors = train_priors(list(proba.columns), table)
+    parts = {"all particles": proba, "unknowns set aside": proba[kept]}
+    return {f"{method.upper()}, {name}": bootstrap_composition(part, method, n_boot=n_boot, seed=seed,
+                                                                        train_priors=priors)
+            for name, part in parts.items() for method in ("cc", "em")}
+
+
+def summary_metrics(new_class: pd.DataFrame | None, loco_novelty: pd.DataFrame, combined: list[str],
+                    threshold: UnknownThreshold, flagged_fraction: float,
+                    composition_errors: pd.DataFrame | None = None) -> dict:
+    """Notebook 05's numbers for metrics.json."""
+    metrics = {"loco_mean": loco_novelty.loc["mean"].unstack().to_dict(orient="index"),
+               "combined_rank_scores": combined,
+               "unknown_threshold": {"combined_rank": threshold.threshold, "tpr": threshold.tpr, "fpr": threshold.fpr},
+               "core_flagged_unknown_fraction": flagged_fraction}
+    if new_class is not None:
+        metrics["new_class"] = new_class.to_dict(orient="index")
+        metrics["best_score_auroc"] = str(new_class.index[0])
+    if composition_errors is not None:
+        metrics["composition_mae"] = composition_errors.filter(like="_abs_error").mean().to_dict()
+    return metrics
+
+
+
+def score_folds(stage: Stage, meta: Space) -> list[HoldoutScores]:
+    """Every leave-one-class-out fold notebook 04 trained, scored by detectors that never saw its class."""
+    return [holdout_scores(stage.run, stage.bundle, stage.cfg, holdout, meta) for holdout in holdouts_in_run(stage.run)]
+
+
+def fold_table(stage: Stage, folds: list[HoldoutScores]) -> pd.DataFrame:
+    """Each score's AUROC, FPR95 and recall@k per held-out class, and their mean."""
+    return loco_novelty_table({f.holdout: (f.scores, f.is_novel) for f in folds}, ks=stage.cfg.top_k)
+
+
+@dataclass(frozen=True)
+class Combination:
+    """The scorer fitted on the training split and which scores its combined rank averages (with why)."""
+
+    scorer: NoveltyScorer
+    choice: pd.DataFrame
+
+    @property
+    def combined(self) -> list[str]:
+        """The chosen scores."""
+        return list(self.choice.index[self.choice["chosen"]])
+
+
+def choose_combination(stage: Stage, inputs: dict[str, ScorerInputs], loco: pd.DataFrame) -> Combination:
+    """Fit every detector on the training split; keep the shift-stable scores near the best on the folds."""
+    scorer = fit_scorer(inputs["labelled"], stage.table, stage.cfg)
+    choice = choose_scores(loco, score_shift(scorer, inputs, stage.table), stage.cfg.combine_margin,
+                           stage.cfg.max_score_shift)
+    print("combined rank averages:", list(choice.index[choice["chosen"]]))
+    return Combination(scorer.set_params(combine=list(choice.index[choice["chosen"]])), choice)
+
+
+def recombined_folds(folds: list[HoldoutScores], combination: Combination) -> list[HoldoutScores]:
+    """The folds with their combined rank over the chosen scores only."""
+    return [f.recombined(combination.combined) for f in folds]
+
+
+def score_core(stage: Stage, combination: Combination, inputs: dict[str, ScorerInputs]) -> pd.DataFrame:
+    """Every score of every core particle, with notebook 02's prediction and notebook 04's cluster beside it."""
+    scores = score(combination.scorer, inputs["core"]).join(umap_outlierness(stage.run, stage.table, stage.cfg.k_neighbors))
+    core_pred = core_predictions(stage.run)
+    return scores.join(core_pred[["pred", "max_prob", "unassigned"]]).join(stage.run.read("core_clusters"))
+
+
+def new_class_report(stage: Stage, core_view: pd.DataFrame) -> pd.DataFrame | Skipped:
+    """Where the truth is known: how well each score finds the planted new class (AUROC, recall@k)."""
+    found = new_class_metrics(core_view.drop(columns=list(CONTEXT_COLUMNS), errors="ignore"), stage.bundle.truth,
+                              stage.cfg.top_k)
+    if found is None:
+        return Skipped("the new-class metrics", "no truth file: the core's new classes are unknown (as on real data)")
+    print(f"best single score by AUROC: {found.index[0]} ({found['auroc'].iloc[0]:.3f}); "
+          f"combined rank: AUROC {found.loc['combined_rank', 'auroc']:.3f}, "
+          f"recall@2n {found.loc['combined_rank', 'recall@2n']:.2f}")
+    return found
+
+
+def flag_unknowns(stage: Stage, folds: list[HoldoutScores], core_view: pd.DataFrame
+                  ) -> tuple[pd.DataFrame, UnknownThreshold]:
+    """The core table with an ``unknown`` flag: combined rank above the threshold calibrated on the folds."""
+    threshold = pooled_threshold(folds, stage.cfg.target_tpr)
+    flagged = core_view.assign(unknown=core_view["combined_rank"] >= threshold.threshold)
+    print(f"unknown if combined rank >= {threshold.threshold:.3f}: catches {threshold.tpr:.0%} of held-out particles, "
+          f"flags {threshold.fpr:.0%} of known ones; {flagged['unknown'].mean():.1%} of the core is flagged")
+    return flagged, threshold
+
+
+@dataclass(frozen=True)
+class OpenSet:
+    """The core's composition over every particle and with the unknowns set aside; errors where truth is known."""
+
+    compositions: dict[str, pd.DataFrame]
+    errors: pd.DataFrame | None
+    flagged_fraction: float
+
+
+def open_set(stage: Stage, core_view: pd.DataFrame) -> OpenSet:
+    """CC and EM with and without the particles flagged unknown, scored against the truth file when there is one."""
+    compositions = open_set_compositions(core_predictions(stage.run), core_view["unknown"], stage.table,
+                                         n_boot=stage.cfg.bootstrap, seed=stage.cfg.seed)
+    truth = stage.bundle.truth.reindex(core_view.index) if stage.bundle.truth is not None else None
+    errors = (composition_error({m: c["fraction"] for m, c in compositions.items()}, truth)
+              if truth is not None else None)
+    return OpenSet(compositions, errors, float(core_view["unknown"].mean()))
+
+
+def open_set_figure(stage: Stage, result: OpenSet) -> Figure:
+    """Each estimate with its interval, below it the error against the truth when known."""
+    return plot_composition(result.compositions, truth=result.errors["truth"] if result.errors is not None else None,
+                            path=stage.figure("05_core_composition_open_set.png"),
+                            title=f"Core composition; {result.flagged_fraction:.1%} of the core flagged unknown")
+
+
+def open_set_table(result: OpenSet) -> pd.DataFrame:
+    """Per class: each method's absolute error (and their mean) where the truth is known, else the estimates."""
+    if result.errors is None:
+        return pd.concat({m: c["fraction"] for m, c in result.compositions.items()}, axis=1).round(4)
+    errors = result.errors.filter(like="_abs_error").rename(columns=lambda c: c.removesuffix("_abs_error"))
+    return pd.concat([errors, errors.mean().to_frame("mean").T]).round(4)
+
+
+def top_galleries(stage: Stage, core_view: pd.DataFrame,
+                  scores: tuple[str, ...] = ("combined_rank", "recon", "knn_cnn", "msp")) -> list[Figure]:
+    """The core's most novel particles by each of a few scores."""
+    return [top_k_gallery(stage.bundle.core.images, core_view, name, k=stage.cfg.gallery_size, caption_columns=("pred",),
+                          path=stage.figure(f"05_top_{name}.png"))
+            for name in scores]
+
+
+def discovery_cards(stage: Stage, core_view: pd.DataFrame) -> list[Figure]:
+    """One card per candidate cluster: its crops, its features against the nearest class, where in the core it sits."""
+    summary = stage.run.read("core_cluster_summary")
+    table = stage.bundle.core.table.join(core_view[["combined_rank"]])
+    cards = []
+    for cluster in candidate_clusters(core_view, summary):
+        nearest, reference = nearest_class_rows(summary, cluster, stage.table)
+        members = core_view.index[core_view["cluster"] == cluster]
+        cards.append(discovery_card(stage.bundle.core.images, table, members, reference, reference_class=nearest,
+                                    title=f"Candidate cluster {cluster} ({len(members)} particles)",
+                                    path=stage.figure(f"05_discovery_card_cluster_{cluster}.png")))
+    return cards
+
+
+def traffic_lights(stage: Stage, combination: Combination, core_view: pd.DataFrame) -> Figure:
+    """Per sample, the share of particles inside the training set's 95th / 99th kNN-distance percentiles."""
+    lights = traffic_light(core_view["knn_cnn"], combination.scorer.train_scores_["knn_cnn"])
+    return traffic_light_bars(traffic_light_by_group(lights, stage.bundle.core.table[SAMPLE]),
+                              path=stage.figure("05_traffic_light_by_sample.png"))
+
+
+def explorer(stage: Stage, core_view: pd.DataFrame) -> Explorer:
+    """The interactive map of the core (notebook 04's umap-learn map) linked to its crops and the review log."""
+    return Explorer(load_map(stage.run, "core"), stage.bundle.core.table[[SAMPLE, DEPTH]].join(core_view),
+                    stage.bundle.core.images, stage.run, color_by="combined_rank", max_thumbnails=stage.cfg.gallery_size)
+
+
+def review_top_cluster(stage: Stage, view: Explorer, core_view: pd.DataFrame) -> pd.Series:
+    """The review without a mouse: record the top candidate cluster as a candidate class; the labels so far."""
+    top = candidate_clusters(core_view, stage.run.read("core_cluster_summary"))[:1]
+    if top:
+        view.select(core_view.index[core_view["cluster"] == top[0]])
+        view.name_box.value = f"candidate cluster {top[0]}"
+        view.decide(CANDIDATE)
+    return review_to_labels(load_review(stage.run)).value_counts()
+
+
+def save(stage: Stage, core_view: pd.DataFrame, loco: pd.DataFrame, new_class: pd.DataFrame | Skipped,
+         combination: Combination, threshold: UnknownThreshold, result: OpenSet) -> None:
+    """The core's novelty table, the folds' table, and notebook 05's numbers in metrics.json."""
+    stage.run.write("core_novelty", core_view)
+    stage.run.write("loco_novelty", loco)
+    stage.run.update_metrics("05_discovery", summary_metrics(
+        None if isinstance(new_class, Skipped) else new_class, loco, combination.combined, threshold,
+        result.flagged_fraction, result.errors))

@@ -1,0 +1,211 @@
+"""Two-dimensional maps of an embedding space (notebook 04): umap-learn vs our parametric UMAP, and core clusters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..config import EmbedConfig
+from ..embed.cluster import cluster_hdbscan, describe_clusters
+from ..embed.compare import Timer, compare_embeddings
+from ..embed.umap import UMAPReducer
+from ..models.pumap import ParametricUMAP
+from ..novelty.detectors import CoreExcess
+from ..plots.data import shift_heatmap
+from ..plots.embed import plot_embedding, plot_holdout_comparison, plot_loco_heatmap, plot_train_core
+from ..plots.gallery import group_gallery
+from ..run.artifacts import Run
+from ..run.notebook import Stage
+from ..schema import LABEL, SPLIT
+from .loco import save_fold, separation, separation_table, train_without
+from .spaces import Space, core_predictions, robust_metadata_space
+
+CLUSTER = "cluster"
+
+
+@dataclass(frozen=True)
+class FittedMaps:
+    """Both UMAPs of one space, fitted on the training split, and every particle placed on each."""
+
+    labelled: dict[str, pd.DataFrame]  # method -> (N, 2) keyed by particle id
+    core: dict[str, pd.DataFrame]
+    times: dict[str, dict[str, float]]
+    reducers: dict[str, object]
+
+
+def fit_maps(space: Space, table: pd.DataFrame, cfg: EmbedConfig, *, progress: bool = True) -> FittedMaps:
+    """Fit umap-learn and parametric UMAP on the training split; place labelled and core particles on both."""
+    train = space.labelled.loc[table.index[table[SPLIT] == "train"]]
+    reducers = {
+        "umap-learn": UMAPReducer(cfg.n_neighbors, cfg.min_dist, random_state=cfg.seed),
+        "parametric": ParametricUMAP(n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, epochs=cfg.pumap_epochs,
+                                     random_state=cfg.seed, device=cfg.device, progress=progress),
+    }
+    labelled, core, times = {}, {}, {}
+    for method, reducer in reducers.items():
+        with Timer() as fit_time:
+            reducer.fit(train)
+        with Timer() as transform_time:
+            labelled[method] = reducer.transform(space.labelled)
+            if space.core is not None:
+                core[method] = reducer.transform(space.core)
+        n = len(space.labelled) + (len(space.core) if space.core is not None else 0)
+        times[method] = {"fit_s": fit_time.seconds, "transform_s": transform_time.seconds, "transform_n": n}
+    return FittedMaps(labelled, core, times, reducers)
+
+
+def compare_maps(space: Space, maps: FittedMaps, table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Trustworthiness and 2-D kNN accuracy of each map on the test split, with fit/transform times."""
+    test = table.index[table[SPLIT] == "test"]
+    return compare_embeddings(space.labelled.loc[test], {m: y.loc[test] for m, y in maps.labelled.items()},
+                              table.loc[test, LABEL], maps.times, seed=seed)
+
+
+@dataclass(frozen=True)
+class CoreClusters:
+    """HDBSCAN clusters of the core on a map fitted jointly with the training split, and what each one is."""
+
+    clusters: pd.Series  # cluster id per core particle (-1 = noise)
+    summary: pd.DataFrame  # one row per cluster: size, nearest training class, flags (far, crowd), truth
+    core_map: pd.DataFrame
+    train_map: pd.DataFrame
+
+
+def cluster_core(space: Space, table: pd.DataFrame, core_pred: pd.Series, cfg: EmbedConfig,
+                 truth: pd.Series | None = None) -> CoreClusters:
+    """Map core and training particles together (the core keeps its own structure), cluster the core points.
+
+    Each cluster is described in the space itself: nearest training class, distance from training, and the
+    members' median core excess (a crowd the training set lacks; groups = notebook 02's predicted classes).
+    """
+    if space.core is None:
+        raise ValueError("this dataset has no core part to cluster")
+    train = space.labelled.loc[table.index[table[SPLIT] == "train"]]
+    joint = UMAPReducer(cfg.n_neighbors, cfg.min_dist, random_state=cfg.seed).fit_transform(
+        pd.concat([train, space.core]))
+    train_map, core_map = joint.iloc[: len(train)], joint.iloc[len(train):]
+    labels = cluster_hdbscan(core_map.to_numpy(), cfg.min_cluster_size, selection=cfg.cluster_selection)
+    clusters = pd.Series(np.asarray(labels), index=space.core.index, name=CLUSTER)
+    y_train = table.loc[train.index, LABEL].to_numpy()
+    excess = CoreExcess(seed=cfg.seed).fit(train.to_numpy(), y_train)
+    core_excess = excess.score_samples(space.core.to_numpy(), core_pred.loc[space.core.index].to_numpy())
+    summary = describe_clusters(space.core.to_numpy(), clusters.to_numpy(), train.to_numpy(), y_train,
+                                truth.reindex(space.core.index).to_numpy() if truth is not None else None,
+                                excess=core_excess, excess_null=excess.train_scores_)
+    return CoreClusters(clusters, summary, core_map, train_map)
+
+
+def gallery_clusters(summary: pd.DataFrame, n: int = 12) -> list[int]:
+    """The clusters worth a look first: flagged ones, then the largest (at most ``n``)."""
+    return [int(c) for c in summary.sort_values(["flagged", "size"], ascending=False).index[:n]]
+
+
+def layout(points: pd.DataFrame, cfg: EmbedConfig) -> pd.DataFrame:
+    """A plain umap-learn layout of some points (for looking at a space, not for placing new points)."""
+    return UMAPReducer(cfg.n_neighbors, cfg.min_dist, random_state=cfg.seed).fit_transform(points)
+
+
+def save_maps(maps: FittedMaps, run: Run) -> None:
+    """Write every particle's coordinates on each map (columns ``<method>_x``, ``<method>_y``): artefact ``maps``."""
+    run.write_parts("maps", {
+        part: pd.concat([_xy(y, method) for method, y in by_method.items()], axis=1) if by_method else None
+        for part, by_method in (("labelled", maps.labelled), ("core", maps.core))
+    })
+
+
+def _xy(coords: pd.DataFrame, method: str) -> pd.DataFrame:
+    """A 2-D map's two columns renamed ``<method>_x`` / ``<method>_y``."""
+    return coords.set_axis([f"{method}_x", f"{method}_y"], axis=1)
+
+
+def load_map(run: Run, part: str, method: str = "umap-learn") -> pd.DataFrame:
+    """One map's coordinates of the labelled part or the core, as written by :func:`save_maps`."""
+    return run.read("maps", part=part)[[f"{method}_x", f"{method}_y"]]
+
+
+def metrics(comparison: pd.DataFrame, loco_table: pd.DataFrame, clusters: CoreClusters) -> dict[str, Any]:
+    """Notebook 04's numbers for metrics.json."""
+    summary = clusters.summary
+    return {
+        "map_comparison": comparison.to_dict(orient="index"),
+        "loco": {f"{h}/{s}": row for (h, s), row in loco_table.to_dict(orient="index").items()},
+        "core_clusters": {"n_clusters": int(len(summary)), "noise_fraction": float((clusters.clusters < 0).mean()),
+                          "flagged": summary.reset_index().loc[summary["flagged"].to_numpy()].to_dict(orient="records")},
+    }
+
+
+def core_classes(stage: Stage) -> pd.Series:
+    """Notebook 02's predicted class of every core particle."""
+    return core_predictions(stage.run)["pred"]
+
+
+def acquisition_shift(stage: Stage, core_pred: pd.Series) -> Figure:
+    """The class-conditional lab -> core shift of each feature; those above ``max_feature_shift`` are left out."""
+    shift = robust_metadata_space(stage.bundle, core_pred, stage.cfg.max_feature_shift)[1]
+    print("left out of the metadata space:", list(shift.index[~shift["kept"]]))
+    return shift_heatmap(shift, stage.cfg.max_feature_shift, names=stage.bundle.classes,
+                         path=stage.figure("04_metadata_acquisition_shift.png"))
+
+
+def train_core_maps(stage: Stage, fitted: FittedMaps, core_pred: pd.Series) -> list[Figure]:
+    """Each map with the training split by class beside the core by predicted class."""
+    return [plot_train_core(fitted.labelled[method], stage.table[LABEL], fitted.core[method],
+                            core_pred.reindex(fitted.core[method].index), names=stage.bundle.classes,
+                            path=stage.figure(f"04_{method}_train_core.png"))
+            for method in fitted.labelled]
+
+
+def space_maps(stage: Stage, embedding: dict[str, Space], fitted: FittedMaps) -> list[Figure]:
+    """The CNN, autoencoder and metadata spaces side by side (umap-learn layouts coloured by true class)."""
+    figures = []
+    for name, space in embedding.items():
+        labelled_map = fitted.labelled["umap-learn"] if name == "cnn" else layout(space.labelled, stage.cfg)
+        figures.append(plot_embedding(labelled_map, stage.table[LABEL], title=f"{name} space",
+                                      names=stage.bundle.classes, path=stage.figure(f"04_umap_{name}.png")))
+    return figures
+
+
+def leave_one_class_out(stage: Stage, reference_map: pd.DataFrame,
+                        show: Callable[[Figure], object] | None = None) -> pd.DataFrame:
+    """Per held-out class: CNN and autoencoder trained without it (their outputs saved for notebook 05), its
+    separation in each space, and its map beside the all-class one (passed to ``show`` as each fold ends)."""
+    rows = []
+    for holdout in stage.cfg.holdout_classes:
+        fold = train_without(stage.bundle, stage.cfg, holdout, stage.run)
+        save_fold(fold, stage.run)
+        fold_rows, fold_maps = separation(fold, stage.table, stage.cfg)
+        rows += fold_rows
+        figure = plot_holdout_comparison(fold_maps["cnn"], reference_map, stage.table[LABEL], holdout,
+                                         names=stage.bundle.classes, path=stage.figure(f"04_loco_{holdout}_6_vs_7.png"))
+        if show is not None:
+            show(figure)
+    return separation_table(rows)
+
+
+def loco_heatmap(stage: Stage, loco: pd.DataFrame, space: str) -> Figure:
+    """The separation metrics of every held-out class in one space."""
+    return plot_loco_heatmap(loco.xs(space, level="space").reset_index(), names=stage.bundle.classes,
+                             path=stage.figure(f"04_loco_heatmap_{space}.png"))
+
+
+def cluster_gallery(stage: Stage, clusters: CoreClusters, core_pred: pd.Series) -> Figure:
+    """A sample of each core cluster worth a look: the flagged ones, then the largest."""
+    clustered = stage.bundle.core.table.join(clusters.clusters).join(core_pred)
+    shown = clustered[clustered[CLUSTER].isin(gallery_clusters(clusters.summary))]
+    return group_gallery(stage.bundle.core.images, shown, by=CLUSTER, per_group=8, caption_columns=("pred",),
+                         seed=stage.cfg.seed, title="Core clusters: the flagged ones, then the largest (a sample of each)",
+                         path=stage.figure("04_core_cluster_gallery.png"))
+
+
+def save(stage: Stage, fitted: FittedMaps, clusters: CoreClusters, loco: pd.DataFrame, comparison: pd.DataFrame) -> None:
+    """The maps, the core's clusters and their summary, the LOCO table, and notebook 04's metrics."""
+    save_maps(fitted, stage.run)
+    stage.run.write("core_clusters", clusters.clusters.to_frame())
+    stage.run.write("core_cluster_summary", clusters.summary)
+    stage.run.write("loco_separation", loco)
+    stage.run.update_metrics("04_umap", metrics(comparison, loco, clusters))

@@ -1,0 +1,75 @@
+"""Notebook 01: the study's metadata classifiers, XGBoost (with its search and SHAP) and the metadata MLP.
+
+Both train on the labelled split's FlowCam features (``cfg.metadata_features``) and end as
+:class:`~icecore_lib.train.classifier.ClassifierOutputs`, written into the run for notebook 02's comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from ..data.splits import split_ids
+from ..evaluate import metric_scalars
+from ..models.bdt import BDTClassifier
+from ..run.notebook import Skipped, Stage
+from ..train.classifier import ClassifierOutputs, fit_bdt, fit_torch_classifier
+
+SHOWN_PARAMETERS = ("eta", "max_depth", "n_estimators")
+
+
+@dataclass(frozen=True)
+class FittedBDT:
+    """The fitted XGBoost model, its per-particle outputs and the search's candidates (None without a search)."""
+
+    model: BDTClassifier
+    outputs: ClassifierOutputs
+    search: pd.DataFrame | None
+
+    def parameters(self) -> dict[str, Any]:
+        """The parameters worth reporting: learning rate, depth, rounds."""
+        return {k: self.model.get_params()[k] for k in SHOWN_PARAMETERS}
+
+
+def train_bdt(stage: Stage) -> FittedBDT:
+    """XGBoost on the features: the randomized CV search when ``search_iterations`` > 0, else the study's optimum."""
+    model, outputs, search = fit_bdt(stage.bundle, stage.cfg, stage.run.folder("model", model="bdt"))
+    print("parameters:", FittedBDT(model, outputs, search).parameters(), "| boosting rounds used:",
+          model.best_iteration_ + 1)
+    return FittedBDT(model, outputs, search)
+
+
+def search_table(bdt: FittedBDT, top: int = 10) -> pd.DataFrame | Skipped:
+    """The best candidates of the search, best first."""
+    if bdt.search is None:
+        return Skipped("the search", "search_iterations = 0 uses the study's optimum")
+    return bdt.search.head(top)
+
+
+def shap_explanation(stage: Stage, bdt: FittedBDT) -> Any:
+    """SHAP values of the BDT on (a sample of) the test split."""
+    test = stage.table.loc[split_ids(stage.table, "test")]
+    return bdt.model.shap_values(test, max_samples=stage.cfg.shap_sample, seed=stage.cfg.seed)
+
+
+def hardest_class(test: dict[str, Any]) -> str:
+    """The class with the lowest test F1 (its beeswarm shows what the features cannot separate)."""
+    return str(test["per_class"]["f1"].idxmin())
+
+
+def train_mlp(stage: Stage) -> ClassifierOutputs:
+    """The study's metadata MLP, trained by the one training loop."""
+    return fit_torch_classifier(stage.bundle, stage.cfg, "mlp", stage.run.file("model", model="mlp"))
+
+
+def save(stage: Stage, bdt: FittedBDT, bdt_test: dict[str, Any], mlp: ClassifierOutputs,
+         mlp_test: dict[str, Any]) -> None:
+    """Both models' per-particle outputs, and their test metrics in metrics.json (section ``01_metadata``)."""
+    for outputs in (bdt.outputs, mlp):
+        outputs.save(stage.run)
+    stage.run.update_metrics("01_metadata", {
+        "bdt": metric_scalars(bdt_test) | {"params": bdt.parameters()},
+        "mlp": metric_scalars(mlp_test) | {"epochs_run": len(mlp.history)},
+    })
