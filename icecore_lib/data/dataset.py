@@ -1,4 +1,5 @@
-"""The one entry point the notebooks use: a manifest dataset, checked, packed and split."""
+"""A dataset ready for the models: a manifest entry resolved, checked, packed and split (:func:`load_dataset`).
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""The data manifest: ``data_manifest.yaml`` read with ``yaml.safe_load`` into typed specs, resolved to files.
+"""The data manifest: ``data_manifest.yaml`` read with ``yaml.safe_load`` into typed specs.
 
-Every unknown key, missing file or unknown dataset is an error naming it. Synthetic datasets are
-generated on first use into ``<cache>/synthetic/<profile>-seed<seed>/`` (atomically) and reused after.
+Every unknown key or unknown dataset is an error naming it; :mod:`icecore_lib.data.resolve` turns a spec into
+files on disk (synthetic datasets generated on first use).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""UMAP of embeddings (umap-learn behind a seeded scikit-learn shape) and a side-by-side comparison of 2-D maps.
+"""UMAP of embeddings: umap-learn behind a seeded scikit-learn shape (fit / transform / save / load).
 
 Embeddings are ``(N, D)`` float arrays or DataFrames indexed by ``particle_id``; a DataFrame in gives a
 DataFrame out with the same index, so per-particle results stay keyed by particle.

@@ -1,8 +1,9 @@
-"""Image sources (a zip read in place, or a folder) that refuse hostile names, safe extraction, gray decoding.
+"""Image sources (a zip read in place, or a folder) that refuse hostile names, and safe extraction.
 
 Names inside a source are normalised to ``a/b/c.png`` (forward slashes, no ``./``); every name that could
 reach outside the source (``..``, absolute paths, drive letters, backslash tricks, symlinks) is refused
-with an :class:`UnsafeSourceError` naming it. Decoding turns any PNG mode into a 2-D uint8 gray array.
+with an :class:`UnsafeSourceError` naming it. Zip members are read in place, with their size and CRC checked
+against the central directory and inflation capped; decoding lives in :mod:`icecore_lib.images.decode`.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from tqdm.auto import trange
 
 from ..files import atomic_path
 from ..frames import ArrayOrFrame, as_matrix, check_n_features, embedding_frame
+from ..nn.device import resolve_device
 
 _METADATA_KEY = "icecore_parametric_umap"
 _FORMAT_VERSION = 1
@@ -132,13 +133,6 @@ def umap_loss(
     return (attraction.sum() + repulsion_strength * repulsion.sum()) / (len(attraction) + len(repulsion))
 
 
-def _resolve_device(device: str) -> torch.device:
-    """``auto`` means CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class ParametricUMAP(TransformerMixin, BaseEstimator):
     """UMAP whose map is a torch MLP: fit once on a subsample, then transform any number of points fast."""
 
@@ -202,7 +196,7 @@ class ParametricUMAP(TransformerMixin, BaseEstimator):
 
     def _train(self, values: np.ndarray, graph: UMAPGraph) -> list[float]:
         """Adam, learning rate decaying linearly to 0, on the UMAP loss of weight-sampled edges; mean loss per epoch."""
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         encoder = self.encoder_.to(device).train()
         x = torch.from_numpy(values).to(device)
         head, tail = torch.from_numpy(graph.head).to(device), torch.from_numpy(graph.tail).to(device)
@@ -286,7 +280,7 @@ class ParametricUMAP(TransformerMixin, BaseEstimator):
         model.loss_history_ = list(meta["loss_history"])
         model.encoder_ = model._new_encoder()
         model.encoder_.load_state_dict(state)
-        model.encoder_.to(_resolve_device(device)).eval()
+        model.encoder_.to(resolve_device(device)).eval()
         return model
 
 

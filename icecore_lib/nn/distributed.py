@@ -1,7 +1,7 @@
 """Several GPUs (or CPU processes): the training loop under ``torchrun`` with DistributedDataParallel.
 
 One process per GPU; each joins the process group from torchrun's environment (:func:`init_from_env`),
-builds the same batch sources as a single process would, and calls :func:`icecore_lib.train.fit`, which
+builds the same batch sources as a single process would, and calls :func:`icecore_lib.nn.loop.fit`, which
 then, when the group holds more than one process:
 
 - shards every epoch: each rank takes a strided share of the same seeded permutation

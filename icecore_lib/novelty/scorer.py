@@ -1,12 +1,13 @@
-"""Novelty scores for particles no known class explains, their evaluation, and the lab-to-core shift.
+"""The novelty scorer: every detector fitted on training inputs, new particles scored into one table.
 
 Every score follows one convention: **higher = more novel**. Detectors are fitted on the labelled
 TRAINING particles only; scoring new particles (core, held-out class) never refits them.
 
-Score families, one column each in :meth:`NoveltyScorer.score`'s table:
+Score families, one column each in :meth:`NoveltyScorer.score_samples`'s table:
 
-- classifier (from logits): ``median`` (the study's median of the class probabilities: flat = novel),
-  ``msp`` (1 - maximum softmax probability), ``entropy`` (of the softmax), ``energy`` (-logsumexp of logits);
+- classifier (from logits, :mod:`icecore_lib.novelty.scores`): ``median`` (the study's median of the class
+  probabilities: flat = novel), ``msp`` (1 - maximum softmax probability), ``entropy`` (of the softmax),
+  ``energy`` (-logsumexp of logits);
 - reconstruction: ``recon`` (the autoencoder's per-particle loss, passed in);
 - embedding: ``knn_<space>`` (:class:`KNNDistance`) and ``maha_<space>`` (:class:`ClassMahalanobis`) for each
   embedding (CNN penultimate layer, AE latent, standardised metadata), ``knn_<map>`` for a 2-D map (UMAP),

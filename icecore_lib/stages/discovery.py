@@ -1,10 +1,11 @@
-"""Discovery workflow of notebook 05: novelty scores for the core, measured on leave-one-class-out runs.
+"""Notebook 05: novelty scores for the core, measured first on the leave-one-class-out folds.
 
 Scores come from what notebooks 02-04 wrote (classifier logits, autoencoder loss and latent, CNN embedding,
-UMAP map) and from the standardised metadata; the detectors are fitted on the training split only, so
-scoring new particles needs no refit. The combined rank averages the per-score percentile ranks of the
-scores that exist for every model (the leave-one-class-out runs have no UMAP map): the UMAP-space
-outlierness (``knn_umap``) is reported beside it, as its own score.
+UMAP map) and from the acquisition-robust metadata; the detectors are fitted on the training split only, so
+scoring new particles needs no refit. The combined rank averages the percentile ranks of the scores chosen on
+the folds among those the lab -> core shift leaves stable (the folds have no UMAP map: the UMAP-space
+outlierness ``knn_umap`` is reported beside it, as its own score). An "unknown" threshold calibrated on the
+folds, the composition with the unknowns set aside, galleries, discovery cards and the explorer follow.
 """
 
 from __future__ import annotations

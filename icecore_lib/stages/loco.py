@@ -1,4 +1,8 @@
-"""Leave-one-class-out (notebook 04): train without a class, embed all, measure whether the class stands apart."""
+"""Leave-one-class-out folds: trained in notebook 04 without a class, read again in notebook 05.
+
+Each fold's image CNN and autoencoder never see the held-out class; its particles are still embedded, and how
+well they stand apart in each space is notebook 04's table.
+"""
 
 from __future__ import annotations
 

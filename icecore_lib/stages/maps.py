@@ -1,4 +1,6 @@
-"""Two-dimensional maps of an embedding space (notebook 04): umap-learn vs our parametric UMAP, and core clusters."""
+"""Notebook 04: 2-D maps of the embedding spaces (umap-learn against our parametric UMAP), the leave-one-class-out
+folds' separation, and the core's own clusters.
+"""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""The embedding spaces later notebooks share: CNN penultimate layer, autoencoder latent, standardised metadata.
+"""The embedding spaces notebooks 04 and 05 share: CNN penultimate layer, autoencoder latent, standardised metadata.
 
 The metadata space of a run with a core leaves out the features that shift between lab and core within the
 same class (background level, focus and contrast move intensity and edge features): they measure the
 instrument's session, and would make every core particle look new.
 
-Each space is read from what notebooks 01-03 wrote into the run directory (nothing is retrained), as a pair
-of DataFrames keyed by particle id: the labelled part and the core.
+Each space is read from the artefacts notebooks 01-03 wrote (nothing is retrained), as a pair of DataFrames
+keyed by particle id: the labelled part and the core.
 """
 
 from __future__ import annotations

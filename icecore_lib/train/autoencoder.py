@@ -1,7 +1,8 @@
-"""Autoencoder workflow of notebook 03: train without labels, then a reconstruction loss and a latent per particle.
+"""An autoencoder trained without labels, then a reconstruction loss and a latent for every particle.
 
 The autoencoder is trained by the same loop as the classifiers (same checkpoints, same resume), on the
-labelled set's training split (optionally without some classes, for leave-one-class-out) or on the core.
+labelled set's training split (optionally without some classes, for leave-one-class-out) or on the core;
+its :class:`AEOutputs` are saved as the run's ``outputs`` artefact (notebooks 03, 04; read by 05).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""Classifier workflow of notebooks 01 and 02: train on the split, predict every particle, calibrate, threshold.
+"""Any classifier trained on a dataset bundle's split, then every particle predicted: one shape for all of them.
 
 Every classifier (XGBoost, metadata MLP, ResNet18 with or without metadata) ends as one
 :class:`ClassifierOutputs`: logits and 40-unit embeddings for the labelled part and the core, as DataFrames
-keyed by particle id. Evaluation, calibration and composition work on those, whatever the model.
+keyed by particle id, saved as the run's ``outputs`` artefact. Evaluation, calibration and composition
+(notebooks 01, 02, 05) work on those, whatever the model.
 """
 
 from __future__ import annotations
