@@ -11,7 +11,7 @@ import yaml
 
 from .config import PROFILE_NAMES, StageConfig, parse_override, stage_config, synth_config
 from .data.dataset import check_dataset, load_dataset
-from .run.pipeline import run_notebooks
+from .run.pipeline import RunInterrupted, resume_run, run_notebooks
 from .run.report import write_report
 from .synth.dataset import generate
 
@@ -58,12 +58,18 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Execute the ordered notebooks into a fresh run directory."""
-    overrides = dict(args.param or [])
-    run_dir, results = run_notebooks(
-        args.profile, dataset=args.dataset, name=args.name, only=args.only, overrides=overrides,
-        runs_root=Path(args.runs_root) if args.runs_root else None, progress=not args.quiet,
-    )
+    """Execute the ordered notebooks into a fresh run directory, or continue one that stopped (``--resume``)."""
+    try:
+        if args.resume:
+            run_dir, results = resume_run(args.resume, progress=not args.quiet)
+        else:
+            run_dir, results = run_notebooks(
+                args.profile, dataset=args.dataset, name=args.name, only=args.only, overrides=dict(args.param or []),
+                runs_root=Path(args.runs_root) if args.runs_root else None, progress=not args.quiet,
+            )
+    except RunInterrupted as stop:
+        print(f"icecore run: {stop}", file=sys.stderr)
+        return 130 if isinstance(stop.cause, KeyboardInterrupt) else 1
     for r in results:
         print(f"{r.name}: {r.seconds:.1f} s -> {r.output}")
     print(f"run directory: {run_dir}")
@@ -116,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", help="notebook numbers or names to run, e.g. 00 01")
     p.add_argument("-p", "--param", action="append", type=parse_override, metavar="KEY=VALUE",
                    help="notebook parameter override (repeatable), e.g. -p epochs=3")
+    p.add_argument("--resume", default="", metavar="RUN_DIR",
+                   help="continue a run that stopped, from its first unfinished notebook (same parameters)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html: one self-contained page to share a run")

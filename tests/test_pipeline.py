@@ -6,7 +6,8 @@ import nbformat
 import pytest
 import yaml
 
-from icecore_lib.run.pipeline import notebook_paths, run_notebooks
+from icecore_lib.cli import main
+from icecore_lib.run.pipeline import RunInterrupted, notebook_paths, run_notebooks
 
 
 def test_a_setting_no_stage_has_is_refused_before_a_run_starts(tmp_path):
@@ -37,3 +38,49 @@ def test_run_writes_a_complete_fresh_run_directory(tmp_path):
     stage = yaml.safe_load((run_dir / "params" / "00_data_overview.yaml").read_text())
     assert stage["bootstrap"] == 7 and params["parameters"]["overrides"] == {"bootstrap": 7}
     assert "00_data_overview" in (run_dir / "report.html").read_text()
+
+
+def _notebook(path, *code):
+    """A tiny notebook with a papermill parameters cell and the given code cells."""
+    params = nbformat.v4.new_code_cell('profile = ""\nrun_dir = ""\ndataset = ""\noverrides = {}')
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[params, *map(nbformat.v4.new_code_cell, code)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def _two_notebooks(folder):
+    """00 appends to a log each time it runs; 01 fails until a flag file exists beside the run."""
+    folder.mkdir()
+    _notebook(folder / "00_first.ipynb",
+              "from pathlib import Path\nwith open(Path(run_dir) / 'runs.log', 'a') as log: log.write('00\\n')")
+    _notebook(folder / "01_second.ipynb",
+              "from pathlib import Path\nassert (Path(run_dir).parent / 'go').exists(), 'no flag yet'\n"
+              "with open(Path(run_dir) / 'runs.log', 'a') as log: log.write('01\\n')")
+    return folder
+
+
+def test_a_run_that_stops_says_what_was_kept_and_resumes_from_the_unfinished_notebook(tmp_path, capsys):
+    notebooks = _two_notebooks(tmp_path / "nbs")
+    with pytest.raises(RunInterrupted) as stop:
+        run_notebooks("ci", runs_root=tmp_path / "runs", name="r", notebooks_dir=notebooks, progress=False)
+    run_dir = stop.value.run_dir
+    assert stop.value.notebook == "01_second" and stop.value.finished == ["00_first"]
+    assert f"continue with: icecore run --resume {run_dir}" in str(stop.value)
+    (tmp_path / "runs" / "go").write_text("")
+    assert main(["-q", "run", "--resume", str(run_dir)]) == 0
+    assert (run_dir / "runs.log").read_text() == "00\n01\n"  # 00 was not run again
+    assert (run_dir / "notebooks" / "01_second.interrupted.ipynb").is_file()
+    assert set(json.loads((run_dir / "metrics.json").read_text())["pipeline"]["notebook_seconds"]) == {
+        "00_first", "01_second"}
+    assert main(["run", "--resume", str(run_dir)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_the_command_line_prints_one_line_when_a_run_stops(tmp_path, capsys, monkeypatch):
+    notebooks = _two_notebooks(tmp_path / "nbs")
+    monkeypatch.setattr("icecore_lib.run.pipeline.NOTEBOOKS_DIR", notebooks)
+    monkeypatch.setattr("icecore_lib.cli.run_notebooks", lambda *a, **k: run_notebooks(*a, **k, notebooks_dir=notebooks))
+    assert main(["-q", "run", "--profile", "ci", "--runs-root", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("icecore run: 01_second failed") and "--resume" in err[0]

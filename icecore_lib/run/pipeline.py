@@ -1,4 +1,4 @@
-"""The main job: execute the ordered notebooks with papermill into one fresh run directory."""
+"""The main job: execute the ordered notebooks with papermill into one fresh run directory; resume one that stopped."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import papermill as pm
+import yaml
 from tqdm.auto import tqdm
 
 from ..config import PROFILE_NAMES, check_overrides
@@ -17,6 +19,7 @@ from .rundir import environment_versions, new_run_dir
 from .rundir import runs_root as default_runs_root
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+FIRST_NOTEBOOK = "00_data_overview"
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,17 @@ def notebook_paths(notebooks_dir: Path = NOTEBOOKS_DIR, only: list[str] | None =
     return paths
 
 
+class RunInterrupted(RuntimeError):
+    """A run stopped inside a notebook (Ctrl-C or an error): what was kept, and the command that continues it."""
+
+    def __init__(self, run_dir: Path, notebook: str, finished: list[str], cause: BaseException) -> None:
+        self.run_dir, self.notebook, self.finished, self.cause = run_dir, notebook, finished, cause
+        how = "interrupted" if isinstance(cause, KeyboardInterrupt) else f"failed ({type(cause).__name__})"
+        kept = f"{len(finished)} finished notebook(s)" + (f" ({', '.join(finished)})" if finished else "")
+        super().__init__(f"{notebook} {how}; kept {run_dir} with {kept} and every checkpoint under models/; "
+                         f"continue with: icecore run --resume {run_dir}")
+
+
 def run_notebooks(
     profile: str = "demo",
     *,
@@ -52,9 +66,10 @@ def run_notebooks(
     notebooks_dir: Path = NOTEBOOKS_DIR,
     progress: bool = True,
 ) -> tuple[Path, list[NotebookResult]]:
-    """Create a fresh run directory, execute the notebooks in order (stopping on an error), then write report.html."""
-    import papermill as pm
+    """Create a fresh run directory, execute the notebooks in order, then write report.html.
 
+    A notebook that fails or is interrupted raises :class:`RunInterrupted`; :func:`resume_run` continues there.
+    """
     if profile not in PROFILE_NAMES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_NAMES)}")
     check_overrides(overrides or {})
@@ -62,20 +77,70 @@ def run_notebooks(
     run_dir = new_run_dir(runs_root or default_runs_root(), name or f"{time.strftime('%Y%m%d-%H%M%S')}-{profile}")
     parameters = {"profile": profile, "run_dir": str(run_dir.resolve()), "dataset": dataset,
                   "overrides": dict(overrides or {})}
-    atomic_write_yaml(run_dir / "params.yaml", {"parameters": parameters, "notebooks": [p.name for p in paths]})
+    atomic_write_yaml(run_dir / "params.yaml", {"parameters": parameters, "notebooks": [p.name for p in paths],
+                                                "notebooks_dir": str(notebooks_dir.resolve())})
     atomic_write_json(run_dir / "environment.json", environment_versions())
-    out_dir = run_dir / "notebooks"
-    out_dir.mkdir()
+    (run_dir / "notebooks").mkdir()
+    return run_dir, _execute(Run(run_dir), paths, parameters, progress)
+
+
+def resume_run(run_dir: Path | str, *, progress: bool = True) -> tuple[Path, list[NotebookResult]]:
+    """Continue an interrupted run: its notebooks from the first that did not finish, with the same parameters.
+
+    Finished notebooks are not run again; the one that stopped runs again from its start, and its training
+    resumes from the checkpoints it left (``nn.loop.fit`` continues from ``last.safetensors``). The stopped
+    notebook's partial output is kept beside the new one as ``<name>.interrupted.ipynb``.
+    """
+    run = Run(run_dir)
+    if not (run.path / "params.yaml").is_file():
+        raise FileNotFoundError(f"{run.path} holds no params.yaml: it is not a run started by `icecore run`")
+    params = yaml.safe_load((run.path / "params.yaml").read_text())
+    notebooks_dir = Path(params.get("notebooks_dir", NOTEBOOKS_DIR))
+    done = set(run.metrics().get("pipeline", {}).get("notebook_seconds", {}))
+    todo = [notebooks_dir / name for name in params["notebooks"] if Path(name).stem not in done]
+    if not todo:
+        raise ValueError(f"every notebook of {run.path} finished already: nothing to resume")
+    if todo[0].stem == FIRST_NOTEBOOK:
+        raise ValueError(f"notebook {FIRST_NOTEBOOK} did not finish in {run.path}, so nothing but the data cache "
+                         "was kept: start a fresh run (`icecore run`) instead")
+    _set_aside(run.path / "notebooks" / todo[0].name)
+    return run.path, _execute(run, todo, params["parameters"], progress)
+
+
+def _set_aside(output: Path) -> None:
+    """Keep a stopped notebook's partial output under a name of its own (never overwritten)."""
+    if not output.exists():
+        return
+    target = output.with_suffix(".interrupted.ipynb")
+    attempt = 1
+    while target.exists():
+        target, attempt = output.with_suffix(f".interrupted-{attempt}.ipynb"), attempt + 1
+    output.rename(target)
+
+
+def _execute(run: Run, paths: list[Path], parameters: dict[str, Any], progress: bool) -> list[NotebookResult]:
+    """Execute notebooks in order into the run, recording each finished one; write the report at the end."""
     results = []
-    for path in tqdm(paths, desc=f"notebooks -> {run_dir.name}", disable=not progress):
+    for path in tqdm(paths, desc=f"notebooks -> {run.name}", disable=not progress):
         start = time.perf_counter()
-        output = out_dir / path.name
-        pm.execute_notebook(
-            str(path), str(output), parameters=parameters, cwd=str(notebooks_dir.parent),
-            progress_bar=False, kernel_name="python3",
-        )
+        output = run.path / "notebooks" / path.name
+        try:
+            pm.execute_notebook(str(path), str(output), parameters=parameters, cwd=str(path.parent.parent),
+                                progress_bar=False, kernel_name="python3")
+        except (KeyboardInterrupt, pm.PapermillExecutionError) as exc:
+            raise RunInterrupted(run.path, path.stem, _finished(run), exc) from exc
         results.append(NotebookResult(path.stem, output, time.perf_counter() - start))
-    timings = {r.name: round(r.seconds, 2) for r in results}
-    Run(run_dir).update_metrics("pipeline", {"notebook_seconds": timings, "total_seconds": sum(timings.values())})
-    write_report(run_dir, progress=progress)
-    return run_dir, results
+        _record(run, path.stem, results[-1].seconds)
+    write_report(run.path, progress=progress)
+    return results
+
+
+def _finished(run: Run) -> list[str]:
+    """The notebooks of the run that finished, in order."""
+    return list(run.metrics().get("pipeline", {}).get("notebook_seconds", {}))
+
+
+def _record(run: Run, notebook: str, seconds: float) -> None:
+    """Add a finished notebook's time to the run's ``pipeline`` metrics (what a resume skips)."""
+    timings = run.metrics().get("pipeline", {}).get("notebook_seconds", {}) | {notebook: round(seconds, 2)}
+    run.update_metrics("pipeline", {"notebook_seconds": timings, "total_seconds": round(sum(timings.values()), 2)})
