@@ -18,11 +18,11 @@ from typing import Any
 import yaml
 
 from ..config import PROFILE_NAMES, SYNTH_VERSION, SynthConfig, synth_config
-from ..schema import DEPTH, FLOWCAM_FEATURES, IMGPATH, LABEL, SAMPLE, SESSION
+from ..schema import DEPTH, FLOWCAM_FEATURES, IMGPATH, LABEL, SAMPLE, SESSION, VOLUME
 
 PART_NAMES = ("train", "core", "truth")
 PARTS_WITH_IMAGES = ("train", "core")
-TABLE_COLUMNS = (IMGPATH, LABEL, SESSION, SAMPLE, DEPTH, *FLOWCAM_FEATURES)
+TABLE_COLUMNS = (IMGPATH, LABEL, SESSION, SAMPLE, DEPTH, VOLUME, *FLOWCAM_FEATURES)
 _TOP_KEYS = ("classes", "datasets")
 _DATASET_KEYS = ("description", "source", "root", "synthetic", "parts", "classes")
 _SYNTH_KEYS = ("profile", "seed", "overrides")
