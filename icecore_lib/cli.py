@@ -1,16 +1,20 @@
-"""The ``icecore`` console command: synth, check, pack, run, report."""
+"""The ``icecore`` console command: synth, import, check, pack, run, report."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import yaml
 
-from .config import PROFILE_NAMES, StageConfig, parse_override, stage_config, synth_config
-from .data.dataset import check_dataset, load_dataset
+from .config import PROFILE_NAMES, StageConfig, default_cache_dir, parse_override, stage_config, synth_config
+from .data.dataset import check_dataset, is_path, load_dataset, open_dataset
+from .data.layouts import import_path
+from .data.register import register_import
+from .files import atomic_write_text
 from .run.pipeline import RunInterrupted, resume_run, run_notebooks
 from .run.report import write_report
 from .synth.dataset import generate
@@ -24,21 +28,52 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset(text: str) -> str:
+    """A dataset argument: a manifest name as given, a path made absolute (notebooks run in their own folder)."""
+    return str(Path(text).expanduser().resolve()) if text and (is_path(text) or Path(text).exists()) else text
+
+
 def _stage(args: argparse.Namespace) -> StageConfig:
-    """The data part of a stage config from the common dataset arguments."""
-    return stage_config(
-        StageConfig, args.profile, dataset=args.dataset, manifest=args.manifest,
+    """The data part of a stage config from the common dataset arguments (a path is imported, layout printed)."""
+    cfg = stage_config(
+        StageConfig, args.profile, dataset=_dataset(args.dataset), manifest=args.manifest,
         cache_dir=args.cache_dir, skip_bad=args.skip_bad,
         image_size=getattr(args, "image_size", None),
     )
+    _, _, imported = open_dataset(cfg, progress=not args.quiet)
+    if imported is not None:
+        print(imported.describe())
+    return cfg
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import a lab's folder or CSV and write its manifest entry (classes, sha256 of its files) under a name."""
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    imported = import_path(args.path, cache, name=args.name, pixel_um=args.pixel_um, progress=not args.quiet)
+    print(imported.describe())
+    manifest = register_import(imported, Path(args.manifest), name=args.name, pixel_um=args.pixel_um)
+    print(f"dataset {args.name!r} written to {manifest}; use it by name: icecore run --dataset {args.name}"
+          + (f" --manifest {manifest}" if args.manifest != "data_manifest.yaml" else ""))
+    return 0
+
+
+def _save_reports(reports: dict, cfg: StageConfig) -> Path:
+    """Write every part's check report as JSON into a fresh folder under the cache; returns the folder."""
+    name = Path(cfg.dataset_name).name or cfg.dataset_name
+    folder = cfg.cache_path / "reports" / f"check-{name}-{datetime.now():%Y%m%d-%H%M%S-%f}"
+    for part, report in reports.items():
+        atomic_write_text(folder / f"{part}.json", report.to_json() + "\n")
+    return folder
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a dataset and print the report; non-zero exit when anything is wrong (strict)."""
-    reports = check_dataset(_stage(args), progress=not args.quiet)
+    cfg = _stage(args)
+    reports = check_dataset(cfg, progress=not args.quiet)
     for part, report in reports.items():
         print(f"== {args.dataset or 'synthetic-' + args.profile} / {part}")
         print(report.summary())
+    print(f"full reports (every problem, JSON): {_save_reports(reports, cfg)}")
     bad = any(not r.ok for r in reports.values())
     if bad and args.skip_bad:
         print("problems found; with --skip-bad the listed items are dropped when packing")
@@ -64,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             run_dir, results = resume_run(args.resume, progress=not args.quiet)
         else:
             run_dir, results = run_notebooks(
-                args.profile, dataset=args.dataset, name=args.name, only=args.only, overrides=dict(args.param or []),
+                args.profile, dataset=_run_dataset(args), name=args.name, only=args.only, overrides=_run_overrides(args),
                 runs_root=Path(args.runs_root) if args.runs_root else None, progress=not args.quiet,
             )
     except RunInterrupted as stop:
@@ -76,6 +111,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dataset(args: argparse.Namespace) -> str:
+    """``--data PATH`` (imported now, so a bad folder fails before any notebook) or ``--dataset NAME``."""
+    if args.data and args.dataset:
+        raise ValueError("give --data PATH or --dataset NAME, not both")
+    if not args.data:
+        return args.dataset
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    print(import_path(args.data, cache, progress=not args.quiet).describe())
+    return _dataset(args.data)
+
+
+def _run_overrides(args: argparse.Namespace) -> dict:
+    """Notebook overrides: ``-p`` pairs, plus the manifest and cache folder when given (as absolute paths)."""
+    overrides = dict(args.param or [])
+    if args.manifest:
+        overrides["manifest"] = str(Path(args.manifest).expanduser().resolve())
+    if args.cache_dir:
+        overrides["cache_dir"] = str(Path(args.cache_dir).expanduser().resolve())
+    return overrides
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Write a run's one-page HTML report (notebooks, figures, metrics, parameters) to share by e-mail."""
     path = write_report(args.run_dir, args.out or None, with_code=args.with_code, progress=not args.quiet)
@@ -85,7 +141,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:
     """Arguments shared by the commands that read a manifest dataset."""
-    p.add_argument("dataset", nargs="?", default="", help="manifest entry (default: the profile's synthetic set)")
+    p.add_argument("dataset", nargs="?", default="",
+                   help="manifest entry or a path to a lab's folder/CSV (default: the profile's synthetic set)")
     p.add_argument("--profile", choices=PROFILE_NAMES, default="demo")
     p.add_argument("--manifest", default="data_manifest.yaml")
     p.add_argument("--cache-dir", default="", help="default: $ICECORE_CACHE or ~/.cache/icecore")
@@ -105,7 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("check", help="validate a dataset and report every problem")
+    p = sub.add_parser("import", help="import a lab's folder or CSV and add it to a manifest by name")
+    p.add_argument("path", help="a FlowCam run folder (or folder of them), class folders, a CSV with imgpaths, "
+                                "or a folder of crops")
+    p.add_argument("--name", required=True, help="the dataset's name in the manifest")
+    p.add_argument("--manifest", default="data_manifest.yaml", help="the manifest to add it to (created if absent)")
+    p.add_argument("--cache-dir", default="", help="default: $ICECORE_CACHE or ~/.cache/icecore")
+    p.add_argument("--pixel-um", type=float, default=None,
+                   help="micrometres per pixel, when the features must be computed from the crops")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("check", help="validate a dataset (manifest name or path) and report every problem")
     _dataset_args(p)
     p.set_defaults(func=cmd_check)
 
@@ -117,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="execute the notebooks in order into a fresh run directory")
     p.add_argument("--profile", choices=PROFILE_NAMES, default="demo")
     p.add_argument("--dataset", default="", help="manifest entry (default: the profile's synthetic set)")
+    p.add_argument("--data", default="", metavar="PATH",
+                   help="a lab's own folder or CSV instead of a manifest entry (layout detected and named)")
+    p.add_argument("--manifest", default="", help="manifest file (default: data_manifest.yaml here or above)")
+    p.add_argument("--cache-dir", default="", help="default: $ICECORE_CACHE or ~/.cache/icecore")
     p.add_argument("--name", default="", help="run directory name (default: timestamp-profile)")
     p.add_argument("--runs-root", default="", help="default: $ICECORE_RUNS or runs/")
     p.add_argument("--only", nargs="+", help="notebook numbers or names to run, e.g. 00 01")

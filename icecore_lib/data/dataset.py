@@ -1,9 +1,11 @@
-"""A dataset ready for the models: a manifest entry resolved, checked, packed and split (:func:`load_dataset`).
+"""A dataset ready for the models: a manifest entry (or a lab's folder given by its path) resolved, checked,
+packed and split (:func:`load_dataset`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,9 +13,10 @@ import pandas as pd
 
 from ..config import StageConfig
 from ..schema import LABEL, SPLIT
-from .manifest import ManifestError, ResolvedPart, load_manifest
+from .layouts import Imported, import_path
+from .manifest import Manifest, ManifestError, ResolvedPart, load_manifest
 from .pack import Packed, pack_part
-from .resolve import resolve_parts
+from .resolve import dataset_classes, resolve_parts
 from .splits import packed_split
 from .validate import CheckReport, check_part, read_table
 
@@ -34,10 +37,31 @@ class DatasetBundle:
         return {"train": self.train} | ({"core": self.core} if self.core is not None else {})
 
 
+def is_path(dataset: str) -> bool:
+    """Whether a dataset parameter is a path (has a folder separator, or starts with ~ or .) rather than a name."""
+    return "/" in dataset or os.sep in dataset or dataset.startswith(("~", "."))
+
+
+def open_dataset(cfg: StageConfig, progress: bool = True) -> tuple[Manifest, str, Imported | None]:
+    """The manifest and name of the stage's dataset; a path (or a name that is only a path) is imported first."""
+    name = cfg.dataset_name
+    if not is_path(name):
+        try:
+            manifest = load_manifest(cfg.manifest)
+        except FileNotFoundError:
+            if not Path(name).exists():
+                raise
+        else:
+            if name in manifest.datasets or name in manifest.broken or not Path(name).exists():
+                return manifest, name, None
+    imported = import_path(Path(name), cfg.cache_path, progress=progress)
+    return load_manifest(imported.manifest), imported.name, imported
+
+
 def dataset_parts(cfg: StageConfig, progress: bool = True) -> dict[str, ResolvedPart]:
-    """Every part of the stage's dataset, resolved to files (synthetic data generated on first use)."""
-    manifest = load_manifest(cfg.manifest)
-    return resolve_parts(manifest, cfg.dataset_name, cfg.cache_path, progress=progress)
+    """Every part of the stage's dataset, resolved to files (synthetic data generated, lab data imported)."""
+    manifest, name, _ = open_dataset(cfg, progress)
+    return resolve_parts(manifest, name, cfg.cache_path, progress=progress)
 
 
 def check_dataset(cfg: StageConfig, progress: bool = True, workers: int = 0) -> dict[str, CheckReport]:
@@ -51,11 +75,12 @@ def load_dataset(cfg: StageConfig, progress: bool = True, workers: int = 0) -> D
 
     Strict unless ``cfg.skip_bad``; ``workers`` decoding processes (0 = every core) on the first call only.
     """
-    manifest = load_manifest(cfg.manifest)
-    name = cfg.dataset_name
+    manifest, name, _ = open_dataset(cfg, progress)
     parts = resolve_parts(manifest, name, cfg.cache_path, progress=progress)
     if "train" not in parts:
-        raise ManifestError(f"dataset {name!r} has no train part; it has: {', '.join(parts)}")
+        raise ManifestError(f"dataset {name!r} has no labelled (train) part; it has: {', '.join(parts)}. The models "
+                            "learn from labelled particles: give crops sorted in class folders, a CSV with a label "
+                            "column, or FlowCam runs with a VisualSpreadsheet class file (.cla)")
     packed = {
         part: pack_part(parts[part], cfg.image_size, cfg.cache_path, skip_bad=cfg.skip_bad,
                         workers=workers, progress=progress)
@@ -67,4 +92,11 @@ def load_dataset(cfg: StageConfig, progress: bool = True, workers: int = 0) -> D
     truth = read_table(parts["truth"])[LABEL] if "truth" in parts else None
     preview = parts["train"].root / "preview.png"
     return DatasetBundle(name=name, train=train, core=packed.get("core"), truth=truth,
-                         classes=manifest.classes_of(name), preview=preview if preview.is_file() else None)
+                         classes=dataset_classes(manifest, name, cfg.cache_path, progress),
+                         preview=preview if preview.is_file() else None)
+
+
+def classes_of(cfg: StageConfig, progress: bool = False) -> dict[str, str]:
+    """Class key -> display name of the stage's dataset (a path is imported first), without packing anything."""
+    manifest, name, _ = open_dataset(cfg, progress)
+    return dataset_classes(manifest, name, cfg.cache_path, progress)

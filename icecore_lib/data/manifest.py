@@ -24,7 +24,8 @@ PART_NAMES = ("train", "core", "truth")
 PARTS_WITH_IMAGES = ("train", "core")
 TABLE_COLUMNS = (IMGPATH, LABEL, SESSION, SAMPLE, DEPTH, VOLUME, *FLOWCAM_FEATURES)
 _TOP_KEYS = ("classes", "datasets")
-_DATASET_KEYS = ("description", "source", "root", "synthetic", "parts", "classes")
+_DATASET_KEYS = ("description", "source", "root", "synthetic", "import", "parts", "classes")
+_IMPORT_KEYS = ("path", "name", "pixel_um", "sha256")
 _SYNTH_KEYS = ("profile", "seed", "overrides")
 _PART_KEYS = ("csv", "images", "columns", "imgpath_prefix", "session_pattern", "sha256")
 _CSV_KEYS = ("path", "label")
@@ -78,6 +79,16 @@ class SyntheticSpec:
 
 
 @dataclass(frozen=True)
+class ImportSpec:
+    """A lab's own folder or file, imported on first use (:mod:`icecore_lib.data.layouts`) and pinned by sha256."""
+
+    path: str  # the folder or CSV (``${ENV_VARS}`` expanded; relative to the manifest's folder)
+    name: str = ""  # the imported dataset's name (default: derived from the path)
+    pixel_um: float | None = None  # micrometres per pixel, when features are computed from the crops
+    sha256: Mapping[str, str] = field(default_factory=dict)  # the lab's files (relative to path) -> digest
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """One dataset entry of the manifest."""
 
@@ -87,22 +98,32 @@ class DatasetSpec:
     source: Mapping[str, str] = field(default_factory=dict)
     root: str | None = None
     synthetic: SyntheticSpec | None = None
+    imported: ImportSpec | None = None
     classes: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """The whole manifest: class display names and the datasets, with the file it came from."""
+    """The whole manifest: class display names and the datasets, with the file it came from.
+
+    An entry that does not parse is kept in ``broken`` with its error: it fails when used, the others work.
+    """
 
     path: Path
     classes: Mapping[str, str]
     datasets: Mapping[str, DatasetSpec]
+    broken: Mapping[str, str] = field(default_factory=dict)
 
     def dataset(self, name: str) -> DatasetSpec:
-        """The named dataset; an unknown name is an error listing the known ones."""
+        """The named dataset; an unknown name is an error listing the known ones and how to add one."""
+        if name in self.broken:
+            raise ManifestError(self.broken[name])
         if name not in self.datasets:
-            known = ", ".join(sorted(self.datasets))
-            raise ManifestError(f"{self.path}: no dataset {name!r}; known datasets: {known}")
+            known = ", ".join(sorted([*self.datasets, *self.broken]))
+            raise ManifestError(
+                f"{self.path}: no dataset {name!r}; known datasets: {known}. A lab's own folder or CSV can be given "
+                "by its path instead of a name (`icecore check PATH`), or added by name with "
+                "`icecore import PATH --name NAME`")
         return self.datasets[name]
 
     def classes_of(self, name: str) -> dict[str, str]:
@@ -166,8 +187,13 @@ def load_manifest(path: Path | str = "data_manifest.yaml") -> Manifest:
     if not classes:
         raise ManifestError(f"{path}: `classes:` is missing or empty")
     datasets = _mapping(top.get("datasets", {}), f"{path}: datasets")
-    specs = {str(k): _parse_dataset(str(k), entry, f"{path}: dataset {k!r}") for k, entry in datasets.items()}
-    return Manifest(path=path, classes=classes, datasets=specs)
+    specs, broken = {}, {}
+    for key, entry in datasets.items():
+        try:
+            specs[str(key)] = _parse_dataset(str(key), entry, f"{path}: dataset {key!r}")
+        except ManifestError as err:
+            broken[str(key)] = str(err)
+    return Manifest(path=path, classes=classes, datasets=specs, broken=broken)
 
 
 def _mapping(raw: Any, where: str, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -196,6 +222,9 @@ def _string_map(raw: Any, where: str) -> dict[str, str]:
 def _parse_dataset(name: str, raw: Any, where: str) -> DatasetSpec:
     """One dataset entry."""
     entry = _mapping(raw, where, _DATASET_KEYS)
+    classes = _string_map(entry["classes"], f"{where}: classes") if "classes" in entry else None
+    if "import" in entry:
+        return _parse_import_entry(name, entry, classes, where)
     synthetic = _parse_synthetic(entry["synthetic"], f"{where}: synthetic") if "synthetic" in entry else None
     if synthetic is not None and entry.get("root"):
         raise ManifestError(f"{where}: a synthetic dataset lives in the cache; remove `root`")
@@ -205,12 +234,39 @@ def _parse_dataset(name: str, raw: Any, where: str) -> DatasetSpec:
     if not raw_parts:
         raise ManifestError(f"{where}: no `parts` (one of {', '.join(PART_NAMES)})")
     parts = {p: _parse_part(p, spec, f"{where}: part {p!r}") for p, spec in raw_parts.items()}
-    classes = _string_map(entry["classes"], f"{where}: classes") if "classes" in entry else None
     return DatasetSpec(
         name=name, parts=parts, description=str(entry.get("description", "")),
         source=_string_map(entry.get("source", {}), f"{where}: source"),
         root=str(entry["root"]) if entry.get("root") else None, synthetic=synthetic, classes=classes,
     )
+
+
+def _parse_import_entry(name: str, entry: dict[str, Any], classes: dict[str, str] | None, where: str) -> DatasetSpec:
+    """A dataset imported from a lab's folder: no root, synthetic or parts of its own (the import makes them)."""
+    clash = sorted(set(entry) & {"root", "synthetic", "parts"})
+    if clash:
+        raise ManifestError(f"{where}: an `import` dataset gets its files from the import; remove {', '.join(clash)}")
+    spec = _mapping(entry["import"], f"{where}: import", _IMPORT_KEYS)
+    if not spec.get("path"):
+        raise ManifestError(f"{where}: import needs `path` (the lab's folder or CSV)")
+    sha = _sha_map(spec.get("sha256", {}), f"{where}: import: sha256")
+    pixel = spec.get("pixel_um")
+    if pixel is not None and not (isinstance(pixel, (int, float)) and pixel > 0):
+        raise ManifestError(f"{where}: import: pixel_um must be a positive number, got {pixel!r}")
+    imported = ImportSpec(path=str(spec["path"]), name=str(spec.get("name", "")),
+                          pixel_um=None if pixel is None else float(pixel), sha256=sha)
+    return DatasetSpec(name=name, parts={}, description=str(entry.get("description", "")),
+                       source=_string_map(entry.get("source", {}), f"{where}: source"), imported=imported,
+                       classes=classes)
+
+
+def _sha_map(raw: Any, where: str) -> dict[str, str]:
+    """``{file: sha256}`` with every digest checked to be 64 hex digits (lower-cased)."""
+    sha = _string_map(raw, where)
+    for file, digest in sha.items():
+        if not _SHA256.match(digest.lower()):
+            raise ManifestError(f"{where}: sha256 of {file!r} is not 64 hex digits: {digest!r}")
+    return {k: v.lower() for k, v in sha.items()}
 
 
 def _parse_synthetic(raw: Any, where: str) -> SyntheticSpec:
@@ -242,16 +298,13 @@ def _parse_part(part: str, raw: Any, where: str) -> PartSpec:
     if bad_targets:
         known = ", ".join(TABLE_COLUMNS)
         raise ManifestError(f"{where}: columns map to unknown column(s) {bad_targets}; known: {known}")
-    sha = _string_map(spec.get("sha256", {}), f"{where}: sha256")
-    for file, digest in sha.items():
-        if not _SHA256.match(digest.lower()):
-            raise ManifestError(f"{where}: sha256 of {file!r} is not 64 hex digits: {digest!r}")
+    sha = _sha_map(spec.get("sha256", {}), f"{where}: sha256")
     pattern = str(spec.get("session_pattern", ""))
     _check_pattern(pattern, where)
     return PartSpec(
         csv=csvs, images=str(images) if images else None, columns=columns,
         imgpath_prefix=str(spec.get("imgpath_prefix", "")), session_pattern=pattern,
-        sha256={k: v.lower() for k, v in sha.items()},
+        sha256=sha,
     )
 
 
