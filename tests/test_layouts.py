@@ -27,7 +27,7 @@ from icecore_lib.data.manifest import ManifestError, load_manifest
 from icecore_lib.data.register import register_import
 from icecore_lib.data.resolve import resolve_parts
 from icecore_lib.data.validate import check_part, read_table
-from icecore_lib.schema import FLOWCAM_FEATURES, IMGPATH, LABEL, SAMPLE, SESSION, VOLUME
+from icecore_lib.schema import FLOWCAM_FEATURES, LABEL, SAMPLE, SESSION, VOLUME
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "flowcam-vickot"
 RUN = "7-Pygsuia-SF-SW-NITRATE-day5-sample3-replicate3-08April2024"

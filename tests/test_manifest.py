@@ -53,8 +53,9 @@ def test_the_shipped_manifest_reads_with_the_study_classes_and_datasets() -> Non
     ],
 )
 def test_malformed_manifests_are_errors_naming_the_key(tmp_path: Path, datasets: dict, top: dict, message: str) -> None:
+    """A malformed top level fails on reading; a malformed entry fails when it is used (the others stay usable)."""
     with pytest.raises(ManifestError, match=message):
-        load_manifest(_write(tmp_path / "m.yaml", datasets, **top))
+        load_manifest(_write(tmp_path / "m.yaml", datasets, **top)).dataset("lab")
 
 
 def test_an_unknown_dataset_or_part_is_named_with_the_known_ones(tmp_path: Path) -> None:

@@ -189,3 +189,24 @@ def test_load_dataset_packs_train_and_core_with_split_truth_and_names(tiny_bundl
     assert {"sample_id", "depth_m", ORIG_HEIGHT} <= set(core.table.columns)
     assert bundle.truth.index.name == "particle_id" and set(bundle.truth.index) == set(core.table.index)
     assert set(bundle.parts()) == {"train", "core"}
+
+
+def test_the_saved_report_names_tiny_crops_and_colour_crops_made_gray(
+    instrument_dataset: MakeData, tmp_path: Path
+) -> None:
+    manifest = instrument_dataset()
+    rgb = np.stack([crop(7), crop(7) // 2, np.full_like(crop(7), 200)], axis=-1)
+    extra = {"camp/dot.png": png_bytes(np.full((1, 1), 40, dtype=np.uint8)), "camp/rgb.png": png_bytes(rgb)}
+    rows = pd.read_csv(manifest.parent / "camp.csv")
+    pd.concat([rows, *(rows.tail(1).assign(imgpaths=name) for name in extra)]).to_csv(
+        manifest.parent / "camp.csv", index=False)
+    with zipfile.ZipFile(manifest.parent / "images.zip", "a") as zf:
+        for name, data in extra.items():
+            zf.writestr(name, data)
+    packed = _pack(manifest, tmp_path / "cache")
+    assert len(packed.table) == 8 and packed.table.loc["camp/dot.png", [ORIG_HEIGHT, ORIG_WIDTH]].tolist() == [1, 1]
+    row = list(packed.table.index).index("camp/rgb.png")
+    np.testing.assert_array_equal(packed.images[row], decode_gray(extra["camp/rgb.png"], "rgb", size=SIZE))
+    saved = (packed.path / "report.json").read_text()
+    assert packed.report.ok and '"kind": "tiny_crop"' in saved and "camp/dot.png" in saved
+    assert "1x1 px" in saved and "1 of 8 crop(s) are colour images, converted to gray with ITU-R 601 luma" in saved

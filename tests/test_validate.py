@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 from helpers import crop, png_bytes
+from PIL import Image
 
 from icecore_lib.data.manifest import ResolvedPart, load_manifest
 from icecore_lib.data.pack import pack_part
@@ -174,3 +175,53 @@ def test_strict_packing_raises_and_skip_bad_drops_exactly_the_bad_rows(
     expected = every - {"camp/camp_001.png", "dust/dust_003.png"}
     assert set(packed.table.index) == expected and len(packed.images) == 6
     assert (packed.path / "report.json").exists()
+
+
+def test_depth_and_volume_are_numbers_and_a_non_number_names_its_place(instrument_dataset: MakeData) -> None:
+    manifest = instrument_dataset()
+    _edit_csv(manifest.parent / "dust.csv",
+              lambda df: df.assign(depth_m=["12.5", "", "deep"], volume_ml=["0.5", "abc", ""]))
+    report = check_part(_part(manifest), progress=False, workers=1)
+    found = report.problems[["kind", "file", "line", "column"]].to_records(index=False).tolist()
+    assert found == [("non_finite", "dust.csv", 3, "volume_ml"), ("non_finite", "dust.csv", 4, "depth_m")]
+    assert "value 'deep' is not a finite number" in report.summary()
+    assert report.bad_ids == ("dust/dust_001.png", "dust/dust_002.png")
+    table = read_table(_part(manifest))
+    assert table.loc["dust/dust_000.png", ["depth_m", "volume_ml"]].tolist() == [12.5, 0.5]
+    assert table["volume_ml"].dtype == np.float64 and np.isnan(table.loc["dust/dust_001.png", "depth_m"])
+
+
+def test_source_file_and_line_columns_name_the_labs_own_place(instrument_dataset: MakeData) -> None:
+    manifest = instrument_dataset()
+    ghost = "camp/ghost.png"
+
+    def with_provenance(df: pd.DataFrame) -> pd.DataFrame:
+        df = pd.concat([df, df.tail(1).assign(imgpaths=ghost), df.tail(1).assign(imgpaths="camp/computed.png")])
+        return df.assign(source_file=["run7.lst.csv"] * 4 + ["crops/"], source_line=["x", "11", "12", "42", ""])
+
+    _edit_csv(manifest.parent / "camp.csv", with_provenance)
+    report = check_part(_part(manifest), progress=False, workers=1)
+    found = report.problems[["kind", "severity", "file"]].to_records(index=False).tolist()
+    assert found == [("bad_provenance", "warning", "camp.csv"), ("missing_image", "error", "run7.lst.csv"),
+                     ("missing_image", "error", "crops/")]
+    assert report.problems.line.tolist()[:2] == [2, 42] and pd.isna(report.problems.line[2])
+    assert "missing_image: run7.lst.csv line 42, column 'imgpaths' [camp/ghost.png]" in report.summary()
+    assert "missing_image: crops/, column 'imgpaths' [camp/computed.png]" in report.summary()
+    table = read_table(_part(manifest))
+    assert "source_file" not in table.columns and "source_line" not in table.columns
+
+
+def test_tiny_and_colour_crops_are_packed_but_reported(instrument_dataset: MakeData) -> None:
+    manifest = instrument_dataset()
+    rgb = np.stack([crop(7), crop(7) // 2, np.full_like(crop(7), 200)], axis=-1)
+    extra = {"camp/dot.png": png_bytes(np.full((1, 2), 40, dtype=np.uint8)), "camp/rgb.png": png_bytes(rgb),
+             "camp/gray_palette.png": png_bytes(Image.fromarray(crop(8)).convert("P")),
+             "camp/gray_as_rgb.png": png_bytes(Image.fromarray(crop(9)).convert("RGB"))}  # neither holds colour
+    _edit_csv(manifest.parent / "camp.csv", lambda df: pd.concat([df, *(df.tail(1).assign(imgpaths=n) for n in extra)]))
+    _add_members(manifest.parent / "images.zip", extra)
+    report = check_part(_part(manifest), progress=False, workers=1)
+    assert report.ok and report.bad_ids == () and sorted(_kinds(report)) == ["colour_to_gray", "tiny_crop"]
+    tiny = report.problems.set_index("kind").loc["tiny_crop"]
+    assert (tiny.file, tiny.particle_id, tiny.severity) == ("images.zip", "camp/dot.png", "warning")
+    assert "crop is 2x1 px (width x height), under 3 px" in tiny.detail
+    assert "1 of 10 crop(s) are colour images, converted to gray with ITU-R 601 luma" in report.summary()

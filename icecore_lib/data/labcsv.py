@@ -96,10 +96,11 @@ def read_lab_csv(path: Path | str, text_columns: Iterable[str] = ()) -> LabCsv:
 
     Encoding: UTF-8 (BOM or not; UTF-16 with a BOM), else cp1252, else latin-1. Separator and header: among
     the first ``HEADER_SCAN`` records, each line without a number in it is a header candidate; the separator
-    and candidate that make the widest, longest table (fields x records of the same width from it on) win,
-    earliest first. Data rows have numbers, and a decimal-comma row split at ',' would be wider than its header,
-    so neither is taken for one. Lines before the header, blank lines and narrower lines after the last row
-    are skipped and reported; a row wider than the header, or a narrower one among the rows, is an error.
+    and candidate that make the most cells win (fields x itself and the later records of its width; one column
+    only where no separator gives more; the earliest on a tie). Data rows have numbers, so one wider than the
+    header (a stray trailing separator, a decimal-comma row split at ',') is never taken for it. Lines before
+    the header, blank lines and narrower lines after the last row are skipped and reported; a row wider than
+    the header, or a narrower one among the rows, is an error.
     Decimal commas (never in ',' files) become points in the columns whose cells are mostly numbers, unless
     the column is in ``text_columns`` or a number there has a decimal point; other cells stay as written.
     """
@@ -114,7 +115,7 @@ def read_lab_csv(path: Path | str, text_columns: Iterable[str] = ()) -> LabCsv:
 
 def lab_number(series: pd.Series, decimal: str = ".") -> pd.Series:
     """Floats from text cells, NaN where a cell is not a number; ``decimal=','`` also reads '1,25' as 1.25."""
-    if decimal == ",":
+    if decimal == "," and series.dtype == object:
         series = _decimal_point(series)
     return pd.to_numeric(series, errors="coerce").astype(float)
 
@@ -160,15 +161,16 @@ def _reader(text: str, separator: str, strict: bool = False) -> Any:
 
 def _sniff(text: str, path: Path) -> tuple[str, int]:
     """The separator and the header's record index (the rule is in :func:`read_lab_csv`)."""
-    best, choice, top = 0, None, _top(text)
+    best, choice, top = (False, 0), None, _top(text)
     for separator in SEPARATORS:
         try:
             head = list(itertools.islice(_reader(top, separator), HEADER_SCAN))
         except csv.Error:
             continue
         widths = [len(record) for record in head]
-        for index, record in enumerate(head):
-            score = widths[index] * widths[index:].count(widths[index]) if _header_like(record) else 0
+        for index in (i for i, record in enumerate(head) if _header_like(record)):
+            width = widths[index]
+            score = (width > 1, width * widths[index:].count(width))
             if score > best:
                 best, choice = score, (separator, index)
     if choice is None:
@@ -210,7 +212,8 @@ def _records(
                 narrow.append((start, len(record)))
             elif len(record) > len(header) or narrow:
                 line, width = (start, len(record)) if len(record) > len(header) else narrow[0]
-                raise LabCsvError(path, line, f"{width} fields, but the header (line {header_line}) has {len(header)}")
+                raise LabCsvError(path, line, f"{width} field{'s' * (width != 1)}, but the header (line {header_line}) "
+                                              f"has {len(header)}")
             else:
                 rows.append(record)
                 lines.append(start)
@@ -227,10 +230,10 @@ def _frame(
     """The rows as text cells (empty = NaN) and the decimal mark, decimal commas made points (see read_lab_csv)."""
     cells = zip(*rows) if rows else [()] * len(header)
     columns = [_text_column(column) for column in cells]
-    decimal = "."
-    if separator != ",":
-        numbers = [i for i, name in enumerate(header) if name not in text_columns and _mostly_numbers(columns[i])]
-        decimal = "," if _decimal_comma([columns[i] for i in numbers]) else "."
+    numbers = [] if separator == "," else [
+        i for i, name in enumerate(header) if name not in text_columns and _mostly_numbers(columns[i])
+    ]
+    decimal = "," if _decimal_comma([columns[i] for i in numbers]) else "."
     if decimal == ",":
         for i in numbers:
             columns[i] = _decimal_point(columns[i])

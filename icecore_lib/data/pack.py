@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover
 import numpy as np
 import pandas as pd
 
-PACK_FORMAT_VERSION = 1
+PACK_FORMAT_VERSION = 2  # 2: the report names tiny crops and colour crops made gray; journal has colour flags
 _COPY_ROWS = 4096
 _STAMP = "started_for.sha256"
 
@@ -135,7 +135,8 @@ def _build(inspection: Inspection, size: int, dest: Path, *, skip_bad: bool, wor
     _start_partial(partial, list(table.index), size)
     result = decode_many(inspection.source, list(table.index), out=images_path, workers=workers,
                          journal=partial / "journal", progress=progress)
-    report = inspection.report.with_problems(decode_problems(result.errors, inspection.source), result.errors)
+    report = inspection.report.with_problems(decode_problems(result, list(table.index), inspection.source),
+                                             result.errors)
     keep = ~table.index.isin(list(result.errors))
     if not keep.all():
         _check_strict(report, skip_bad)

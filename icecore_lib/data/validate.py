@@ -2,15 +2,18 @@
 
 :func:`check_part` lists every problem with its kind and where it is (CSV file + line, column, image
 member): rows without an image, images without a row, undecodable images, NaN/inf/non-numeric features,
-unknown labels, missing columns, duplicate ids, checksum mismatches. Line numbers are those a text editor
-or spreadsheet shows (the header is line 1). Callers are strict by default: they raise :class:`DataError`
-(which carries the report) unless asked to skip the bad particles (``report.bad_ids``).
+depths and volumes, unknown labels, missing columns, duplicate ids, checksum mismatches; and, as warnings,
+CSVs not read as plain UTF-8 / ',' / '.', crops under ``TINY_CROP`` px and colour crops made gray. CSVs are
+read by :func:`~icecore_lib.data.labcsv.read_lab_csv`; line numbers are those a text editor shows (the header
+is its own line), or the lab's file and line from ``source_file``/``source_line`` columns when a row has them.
+Callers are strict by default: they raise :class:`DataError` (which carries the report) unless asked to skip
+the bad particles (``report.bad_ids``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,15 +21,20 @@ import numpy as np
 import pandas as pd
 
 from ..files import atomic_write_text
-from ..images.decode import decode_many
+from ..images.decode import DecodeResult, decode_many
 from ..images.sources import ImageSource, UnsafeSourceError, normalize_name, open_source, sha256_file
-from ..schema import DEPTH, FLOWCAM_FEATURES, IMGPATH, LABEL, PARTICLE_ID, SAMPLE, SESSION
-from .manifest import PARTS_WITH_IMAGES, CsvFile, ResolvedPart
+from ..schema import DEPTH, FLOWCAM_FEATURES, IMGPATH, LABEL, PARTICLE_ID, SAMPLE, SESSION, VOLUME
+from .labcsv import SOURCE_FILE, SOURCE_LINE, LabCsvError, lab_number, read_lab_csv
+from .manifest import PARTS_WITH_IMAGES, TABLE_COLUMNS, CsvFile, ResolvedPart
 
 ERROR = "error"
 WARNING = "warning"
 PROBLEM_COLUMNS = ("kind", "severity", "file", "line", "column", "particle_id", "detail")
 TEXT_COLUMNS = (LABEL, SESSION, SAMPLE)
+# Number columns: features must be finite numbers; depth and volume may be empty, but what is written is a number.
+NUMBER_COLUMNS = (*FLOWCAM_FEATURES, DEPTH, VOLUME)
+# A crop narrower or shorter than this (px) is packed but reported: stretched to the image size it shows nothing.
+TINY_CROP = 3
 _FILE, _LINE = "_file", "_line"
 # Problems that make a table unusable as a whole (read_table raises on them even without images).
 STRUCTURAL = ("unreadable_csv", "missing_column", "missing_imgpath", "unsafe_path", "duplicate_id")
@@ -75,7 +83,7 @@ class CheckReport:
         return CheckReport(self.name, self.n_rows, self.n_images, merged, bad)
 
     def summary(self, limit: int = 20) -> str:
-        """A readable report: counts per kind, then the first ``limit`` problems."""
+        """A readable report: counts per kind, then the first ``limit`` problems (CSV dialects, errors, warnings)."""
         p = self.problems
         n_err = int((p["severity"] == ERROR).sum())
         head = (f"{self.name}: {self.n_rows:,} rows, {self.n_images:,} images: "
@@ -86,8 +94,9 @@ class CheckReport:
             return head + " - OK"
         counts = p.groupby(["severity", "kind"]).size()
         lines = [head, *(f"  {n:,} {sev}(s) {kind}" for (sev, kind), n in counts.items())]
-        errors_first = p.sort_values("severity", key=lambda sev: sev != ERROR, kind="stable")
-        lines += [f"  - {describe(row)}" for row in errors_first.head(limit).itertuples(index=False)]
+        rank = np.where(p["kind"] == "csv_dialect", 0, np.where(p["severity"] == ERROR, 1, 2))
+        ordered = p.iloc[np.argsort(rank, kind="stable")]
+        lines += [f"  - {describe(row)}" for row in ordered.head(limit).itertuples(index=False)]
         if len(p) > limit:
             lines.append(f"  ... and {len(p) - limit:,} more (see report.problems or the saved report)")
         return "\n".join(lines)
@@ -182,12 +191,25 @@ def check_part(
         return inspection.report
     present = sorted(set(inspection.rows[PARTICLE_ID]) & set(inspection.listing))
     result = decode_many(inspection.source, present, workers=workers, progress=progress)
-    return inspection.report.with_problems(decode_problems(result.errors, inspection.source), result.errors)
+    return inspection.report.with_problems(decode_problems(result, present, inspection.source), result.errors)
 
 
-def decode_problems(errors: dict[str, str], source: ImageSource) -> list[Problem]:
-    """Decoding failures as problems naming the image."""
-    return [Problem("undecodable", source.path.name, particle_id=name, detail=why) for name, why in errors.items()]
+def decode_problems(result: DecodeResult, names: Sequence[str], source: ImageSource) -> list[Problem]:
+    """What decoding ``names`` found: failures (errors), tiny crops and a count of colour crops made gray (warnings)."""
+    where = source.path.name
+    problems = [Problem("undecodable", where, particle_id=name, detail=why) for name, why in result.errors.items()]
+    decoded = (result.shapes > 0).all(axis=1)
+    for i in np.flatnonzero(decoded & (result.shapes.min(axis=1) < TINY_CROP)):
+        height, width = result.shapes[i]
+        problems.append(Problem("tiny_crop", where, particle_id=names[i], severity=WARNING,
+                                detail=f"crop is {width}x{height} px (width x height), under {TINY_CROP} px on a "
+                                       "side: packed, but stretched to the image size it shows next to nothing"))
+    n_colour = int(result.colour.sum())
+    if n_colour:
+        problems.append(Problem("colour_to_gray", where, severity=WARNING,
+                                detail=f"{n_colour:,} of {len(names):,} crop(s) are colour images, converted to gray "
+                                       "with ITU-R 601 luma (L = 0.299 R + 0.587 G + 0.114 B)"))
+    return problems
 
 
 def read_table(part: ResolvedPart) -> pd.DataFrame:
@@ -224,24 +246,21 @@ def _read_rows(
     part: ResolvedPart, classes: Iterable[str] | None
 ) -> tuple[pd.DataFrame, list[Problem], set[str]]:
     """All CSV rows with provenance, the problems found in them, and the ids to drop."""
-    frames, problems, incomplete = [], [], set()
+    frames, problems, bad, complete = [], [], set(), []
     for csv in part.csvs:
-        frame, found = _read_csv(csv, part)
+        frame, found, dropped = _read_csv(csv, part)
         problems += found
+        bad |= dropped
         if frame is not None:
             frames.append(frame)
-            if any(p.kind == "missing_column" for p in found):
-                incomplete.add(csv.name)
+            complete.append(np.full(len(frame), not any(p.kind == "missing_column" for p in found)))
     rows = pd.concat(frames, ignore_index=True) if frames else _empty_rows(part)
-    raw_features = _coerce_numbers(rows)
+    numbers = [c for c in NUMBER_COLUMNS if c in rows.columns]
+    rows[numbers] = rows[numbers].astype(float)
     # Rows of a CSV that lacks a required column are all dropped; checking their values would only add noise.
-    complete = ~rows[_FILE].isin(incomplete)
-    bad = set(rows.loc[~complete, PARTICLE_ID].dropna())
-    checks = (
-        _id_problems(rows),
-        _label_problems(rows[complete], part, classes),
-        _feature_problems(rows[complete], raw_features[complete], part),
-    )
+    complete = np.concatenate(complete) if complete else np.zeros(0, dtype=bool)
+    bad |= set(rows.loc[~complete, PARTICLE_ID].dropna())
+    checks = (_id_problems(rows), _label_problems(rows[complete], part, classes))
     for found, ids in checks:
         problems += found
         bad |= ids
@@ -249,51 +268,101 @@ def _read_rows(
     return rows, problems, bad
 
 
-def _coerce_numbers(rows: pd.DataFrame) -> pd.DataFrame:
-    """Turn feature and depth columns into floats in place; returns the feature values as read."""
-    features = [c for c in FLOWCAM_FEATURES if c in rows.columns]
-    raw = rows[features]
-    numeric = [*features, DEPTH] if DEPTH in rows.columns else features
-    rows[numeric] = rows[numeric].apply(pd.to_numeric, errors="coerce").astype(float)
-    return raw
-
-
 def _empty_rows(part: ResolvedPart) -> pd.DataFrame:
     """A rows frame with no rows and the part's columns."""
     return pd.DataFrame(columns=[PARTICLE_ID, _FILE, _LINE, *required_columns(part)[1:]])
 
 
-def _read_csv(csv: CsvFile, part: ResolvedPart) -> tuple[pd.DataFrame | None, list[Problem]]:
-    """One CSV as rows (mapped columns, per-file label, normalised ids, session from the file name).
+def _read_csv(csv: CsvFile, part: ResolvedPart) -> tuple[pd.DataFrame | None, list[Problem], set[str]]:
+    """One CSV as rows (mapped columns, per-file label, normalised ids, session, float numbers), problems, bad ids.
 
     Only empty cells count as missing: 'NA' or 'n/a' stay as written, so ids and labels are literal
-    and a bad feature value is reported as it appears in the file.
+    and a bad number is reported as it appears in the file.
     """
     theirs = {ours: their for their, ours in part.columns.items()}
-    dtypes = {theirs.get(c, c): "str" for c in (IMGPATH, *TEXT_COLUMNS)}
+    text = {theirs.get(c, c) for c in (IMGPATH, *TEXT_COLUMNS)} | {SOURCE_FILE, SOURCE_LINE}
     try:
-        frame = pd.read_csv(csv.path, dtype=dtypes, keep_default_na=False, na_values=[""], low_memory=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        return None, [Problem("unreadable_csv", csv.name, detail=f"{type(exc).__name__}: {exc}")]
-    frame = frame.rename(columns=dict(part.columns))
-    doubled = sorted(set(frame.columns[frame.columns.duplicated()]))
+        lab = read_lab_csv(csv.path, text_columns=text)
+    except LabCsvError as exc:
+        return None, [Problem("unreadable_csv", csv.name, line=exc.line, detail=exc.why)], set()
+    problems = [] if lab.dialect.plain else [Problem("csv_dialect", csv.name, severity=WARNING,
+                                                     detail=f"read as {lab.describe()}")]
+    frame = lab.frame.rename(columns=dict(part.columns))
+    used = {*TABLE_COLUMNS, SOURCE_FILE, SOURCE_LINE}
+    doubled = sorted(set(frame.columns[frame.columns.duplicated()]) & used)
     if doubled:
-        return None, [Problem("unreadable_csv", csv.name, detail=f"column(s) {doubled} appear twice after mapping")]
+        return None, [*problems, Problem("unreadable_csv", csv.name,
+                                         detail=f"column(s) {doubled} appear more than once (after mapping)")], set()
     if csv.label is not None:
         frame[LABEL] = csv.label
     missing = [c for c in required_columns(part) if c not in frame.columns]
-    problems = [Problem("missing_column", csv.name, column=c, detail=_missing_detail(c, part)) for c in missing]
+    problems += [Problem("missing_column", csv.name, column=c, detail=_missing_detail(c, part)) for c in missing]
     if IMGPATH in missing:
-        return None, problems
-    frame[_FILE] = csv.name
-    frame[_LINE] = np.arange(2, len(frame) + 2)
-    ids, id_problems = _normalise_ids(frame, part, csv.name)
+        return None, problems, set()
+    frame[_FILE], frame[_LINE], place_problems = _places(frame, csv.name, lab.lines)
+    ids, id_problems = _normalise_ids(frame, part)
     frame[PARTICLE_ID] = ids
+    number_problems, bad = _number_problems(frame, part, check=not missing)
     if part.session_pattern and SESSION not in frame.columns:
         basename = ids.str.rsplit("/", n=1).str[-1]
         frame[SESSION] = basename.str.extract(part.session_pattern, expand=False)
-    keep = [c for c in (PARTICLE_ID, _FILE, _LINE, LABEL, SESSION, SAMPLE, DEPTH, *FLOWCAM_FEATURES) if c in frame]
-    return frame[keep], problems + id_problems
+    keep = [c for c in (PARTICLE_ID, _FILE, _LINE, LABEL, SESSION, SAMPLE, DEPTH, VOLUME, *FLOWCAM_FEATURES)
+            if c in frame]
+    return frame[keep], problems + place_problems + id_problems + number_problems, bad
+
+
+def _places(frame: pd.DataFrame, name: str, lines: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Problem]]:
+    """Each row's file and line: its own in the CSV, or the lab's from ``source_file`` and ``source_line``.
+
+    A row with a file but no line (crops without one, features computed from images) is named by the file
+    alone (line None); a line without a file, or one that is not a positive whole number, keeps the row's own
+    place and gets a warning.
+    """
+    files = np.full(len(frame), name, dtype=object)
+    if SOURCE_FILE not in frame and SOURCE_LINE not in frame:
+        return files, lines, []
+    nothing = pd.Series(np.nan, index=frame.index, dtype=object)
+    given_file, given_line = frame.get(SOURCE_FILE, nothing), frame.get(SOURCE_LINE, nothing)
+    has_file, has_line = given_file.notna().to_numpy(), given_line.notna().to_numpy()
+    number = pd.to_numeric(given_line, errors="coerce").to_numpy(dtype=float)
+    good_line, file_only = (number >= 1) & (number % 1 == 0), has_file & ~has_line
+    use = has_file & good_line | file_only
+    files[use] = given_file.to_numpy()[use]
+    places = np.where(use, np.nan_to_num(number), lines).astype(np.int64).astype(object)
+    places[file_only] = None
+    odd = has_line & ~(has_file & good_line)
+    problems = [
+        Problem("bad_provenance", name, line=int(n), column=SOURCE_LINE, severity=WARNING,
+                detail=f"{SOURCE_LINE} {_cell(g)} ({SOURCE_FILE} {_cell(f)}): a lab's line needs its file and "
+                       f"must be a positive whole number; the row is named by its place in {name}")
+        for n, f, g in zip(lines[odd], given_file[odd], given_line[odd])
+    ]
+    return files, places, problems
+
+
+def _number_problems(frame: pd.DataFrame, part: ResolvedPart, check: bool) -> tuple[list[Problem], set[str]]:
+    """Number columns made floats in place; with ``check``, values that are not finite numbers become problems.
+
+    Features (in parts with images) must be finite; depth and volume may be empty, but a written one must be a
+    finite number. Each problem quotes the value as written in the file.
+    """
+    columns = [c for c in NUMBER_COLUMNS if c in frame.columns]
+    raw = frame[columns]
+    frame[columns] = pd.DataFrame({c: lab_number(raw[c]) for c in columns}, index=raw.index)
+    if not check or not columns:
+        return [], set()
+    features = part.part in PARTS_WITH_IMAGES
+    required = np.array([c in FLOWCAM_FEATURES and features for c in columns])
+    checked = required | np.isin(columns, (DEPTH, VOLUME))
+    bad = ~np.isfinite(frame[columns].to_numpy(dtype=float)) & checked & (raw.notna().to_numpy() | required)
+    r_idx, c_idx = np.nonzero(bad)
+    pids, files, lines = (frame[c].tolist() for c in (PARTICLE_ID, _FILE, _LINE))
+    problems = [
+        Problem("non_finite", files[r], line=lines[r], column=columns[c], particle_id=pids[r],
+                detail=_not_finite(raw.iat[r, c]))
+        for r, c in zip(r_idx, c_idx)
+    ]
+    return problems, {pids[r] for r in np.unique(r_idx) if isinstance(pids[r], str)}
 
 
 def _missing_detail(column: str, part: ResolvedPart) -> str:
@@ -303,14 +372,14 @@ def _missing_detail(column: str, part: ResolvedPart) -> str:
     return f"required column {column!r} is missing {how}"
 
 
-def _normalise_ids(frame: pd.DataFrame, part: ResolvedPart, file: str) -> tuple[pd.Series, list[Problem]]:
+def _normalise_ids(frame: pd.DataFrame, part: ResolvedPart) -> tuple[pd.Series, list[Problem]]:
     """Particle ids from imgpaths: prefix removed, '/' separators; unsafe or empty paths become problems."""
     raw = frame[IMGPATH]
     prefix = part.imgpath_prefix
     stripped = raw.map(lambda s: s[len(prefix):] if prefix and isinstance(s, str) and s.startswith(prefix) else s)
     ids: list[str | None] = []
     problems = []
-    for line, text in zip(frame[_LINE], stripped):
+    for file, line, text in zip(frame[_FILE], frame[_LINE], stripped):
         if not isinstance(text, str) or not text.strip():
             problems.append(Problem("missing_imgpath", file, line=line, column=IMGPATH, detail="empty imgpaths"))
             ids.append(None)
@@ -327,11 +396,12 @@ def _normalise_ids(frame: pd.DataFrame, part: ResolvedPart, file: str) -> tuple[
 def _id_problems(rows: pd.DataFrame) -> tuple[list[Problem], set[str]]:
     """Every row of an id that appears more than once, naming the other places."""
     dup = rows[rows[PARTICLE_ID].notna() & rows[PARTICLE_ID].duplicated(keep=False)]
-    places = (dup[_FILE] + " line " + dup[_LINE].astype(str)).groupby(dup[PARTICLE_ID]).agg(list)
+    where = dict(zip(dup.index, (_place(f, n) for f, n in zip(dup[_FILE], dup[_LINE]))))
+    groups = dup.groupby(PARTICLE_ID).groups
     problems = [
         Problem("duplicate_id", f, line=n, column=IMGPATH, particle_id=pid,
-                detail=f"same imgpath as {', '.join(p for p in places[pid] if p != f'{f} line {n}')}")
-        for pid, f, n in zip(dup[PARTICLE_ID], dup[_FILE], dup[_LINE])
+                detail=f"same imgpath as {', '.join(where[j] for j in groups[pid] if j != i)}")
+        for i, pid, f, n in zip(dup.index, dup[PARTICLE_ID], dup[_FILE], dup[_LINE])
     ]
     return problems, set(dup[PARTICLE_ID])
 
@@ -353,21 +423,14 @@ def _label_problems(
     return problems, set(rows.loc[missing | unknown, PARTICLE_ID].dropna())
 
 
-def _feature_problems(
-    rows: pd.DataFrame, raw: pd.DataFrame, part: ResolvedPart
-) -> tuple[list[Problem], set[str]]:
-    """NaN, infinite and non-numeric feature values (``raw``: as read, for the message), naming line and column."""
-    if raw.columns.empty or part.part not in PARTS_WITH_IMAGES:
-        return [], set()
-    features = list(raw.columns)
-    r_idx, c_idx = np.nonzero(~np.isfinite(rows[features].to_numpy(dtype=float)))
-    pids, files, lines = (rows[c].to_numpy() for c in (PARTICLE_ID, _FILE, _LINE))
-    problems = [
-        Problem("non_finite", files[r], line=int(lines[r]), column=features[c], particle_id=pids[r],
-                detail=_not_finite(raw.iat[r, c]))
-        for r, c in zip(r_idx, c_idx)
-    ]
-    return problems, {pids[r] for r in np.unique(r_idx) if isinstance(pids[r], str)}
+def _place(file: str, line: int | None) -> str:
+    """'file line n', or the file alone where the place has no line."""
+    return file if line is None else f"{file} line {line}"
+
+
+def _cell(value: object) -> str:
+    """A cell as read, for a message: quoted, or 'empty'."""
+    return "empty" if pd.isna(value) else repr(value)
 
 
 def _not_finite(value: object) -> str:

@@ -42,18 +42,26 @@ def decode_gray(data: bytes, name: str, size: int | None = None) -> np.ndarray:
     The resize stretches the crop to a square with Pillow's anti-aliased bilinear filter, as the
     reference study stretches to 128x128: a crop's size and aspect ratio live in its features.
     """
-    gray = _open_gray(data, name)
+    gray, _ = _open_gray(data, name)
     return np.asarray(gray if size is None else _resize(gray, size), dtype=np.uint8)
 
 
-def _open_gray(data: bytes, name: str) -> Image.Image:
-    """Decode image bytes fully into an 8-bit 'L' image; any failure becomes a DecodeError naming the file."""
+def _open_gray(data: bytes, name: str) -> tuple[Image.Image, bool]:
+    """Image bytes fully decoded into an 8-bit 'L' image, and whether it held colour; failures name the file."""
     try:
         img = Image.open(io.BytesIO(data), formats=DECODE_FORMATS)
         img.load()
-        return _to_gray(img)
+        return _to_gray(img), _in_colour(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DecodeError(name, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _in_colour(img: Image.Image) -> bool:
+    """Whether an image holds colour: a pixel whose red, green and blue differ (palette, CMYK, alpha modes too)."""
+    if img.mode in ("1", "L", "LA", "La", "F") or img.mode.startswith("I"):
+        return False
+    rgb = np.asarray(img.convert("RGB"))
+    return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
 
 
 def _resize(gray: Image.Image, size: int) -> Image.Image:
@@ -87,9 +95,10 @@ def _composite_on_background(img: Image.Image) -> Image.Image:
 
 @dataclass(frozen=True)
 class DecodeResult:
-    """What a decoding pass found: the original (height, width) of every image and the failures."""
+    """What a decoding pass found: the original (height, width) of every image, which were colour, the failures."""
 
     shapes: np.ndarray  # (N, 2) int32; (0, 0) where decoding failed
+    colour: np.ndarray  # (N,) bool; True where a colour crop was made gray (ITU-R 601 luma)
     errors: dict[str, str]  # name -> reason
 
 
@@ -120,12 +129,14 @@ def decode_many(
     """
     chunks = [(start, list(names[start:start + chunk_size])) for start in range(0, len(names), chunk_size)]
     shapes = np.zeros((len(names), 2), dtype=np.int32)
+    colour = np.zeros(len(names), dtype=bool)
     errors: dict[str, str] = {}
     recorded = _read_journal(journal) if journal is not None else {}
     done = {start for start, part in chunks if start in recorded and len(recorded[start][0]) == len(part)}
     for start in done:
-        chunk_shapes, chunk_errors = recorded[start]
+        chunk_shapes, chunk_colour, chunk_errors = recorded[start]
         shapes[start:start + len(chunk_shapes)] = chunk_shapes
+        colour[start:start + len(chunk_colour)] = chunk_colour
         errors.update(chunk_errors)
     todo = [chunk for chunk in chunks if chunk[0] not in done]
     n_procs = min(default_workers(workers), max(len(todo), 1))
@@ -133,36 +144,38 @@ def decode_many(
                unit="img", disable=not progress)
     tasks = ((start, part, source.locate(part)) for start, part in todo)
     with bar, _chunk_runner(source, out, n_procs) as run:
-        for start, chunk_shapes, chunk_errors in run(tasks):
+        for start, chunk_shapes, chunk_colour, chunk_errors in run(tasks):
             shapes[start:start + len(chunk_shapes)] = chunk_shapes
+            colour[start:start + len(chunk_colour)] = chunk_colour
             errors.update(chunk_errors)
             if journal is not None:
-                _record_chunk(journal, start, chunk_shapes, chunk_errors)
+                _record_chunk(journal, start, chunk_shapes, chunk_colour, chunk_errors)
             bar.update(len(chunk_shapes))
-    return DecodeResult(shapes=shapes, errors=errors)
+    return DecodeResult(shapes=shapes, colour=colour, errors=errors)
 
 
-def _record_chunk(journal: Path, start: int, shapes: np.ndarray, errors: dict[str, str]) -> None:
-    """Write one finished chunk's shapes and failures to the journal (atomically: a record is whole or absent)."""
+def _record_chunk(journal: Path, start: int, shapes: np.ndarray, colour: np.ndarray, errors: dict[str, str]) -> None:
+    """Write one finished chunk's shapes, colour flags and failures to the journal (atomically: whole or absent)."""
     journal.mkdir(parents=True, exist_ok=True)
     tmp = journal / f".{start:012d}.json.tmp"
-    tmp.write_text(json.dumps({"start": start, "shapes": shapes.tolist(), "errors": errors}))
+    tmp.write_text(json.dumps({"start": start, "shapes": shapes.tolist(), "colour": colour.tolist(), "errors": errors}))
     os.replace(tmp, journal / f"{start:012d}.json")
 
 
-def _read_journal(journal: Path) -> dict[int, tuple[np.ndarray, dict[str, str]]]:
-    """The chunks a journal records as finished: start -> (shapes, errors)."""
+def _read_journal(journal: Path) -> dict[int, tuple[np.ndarray, np.ndarray, dict[str, str]]]:
+    """The chunks a journal records as finished: start -> (shapes, colour flags, errors)."""
     records = {}
     for path in sorted(journal.glob("*.json")) if journal.is_dir() else []:
         record = json.loads(path.read_text())
-        records[int(record["start"])] = (np.asarray(record["shapes"], dtype=np.int32).reshape(-1, 2), record["errors"])
+        shapes = np.asarray(record["shapes"], dtype=np.int32).reshape(-1, 2)
+        records[int(record["start"])] = (shapes, np.asarray(record["colour"], dtype=bool), record["errors"])
     return records
 
 
 _ChunkTask = tuple[int, list[str], list[Any]]
 
 
-_ChunkResult = tuple[int, np.ndarray, dict[str, str]]
+_ChunkResult = tuple[int, np.ndarray, np.ndarray, dict[str, str]]
 
 
 _WORKER: dict[str, Any] = {}
@@ -197,14 +210,15 @@ def _init_worker(source: ImageSource, out: Path | None) -> None:
 
 
 def _decode_chunk(task: _ChunkTask) -> _ChunkResult:
-    """Decode one chunk of located images into its output rows; returns the original shapes and the failures."""
+    """Decode one chunk of located images into its output rows; returns the original shapes, colour flags, failures."""
     start, names, handles = task
     source, out = _WORKER["source"], _WORKER["out"]
     shapes = np.zeros((len(names), 2), dtype=np.int32)
+    colour = np.zeros(len(names), dtype=bool)
     errors: dict[str, str] = {}
     for i, (name, handle) in enumerate(zip(names, handles)):
         try:
-            gray = _open_gray(source.read_located(handle), name)
+            gray, colour[i] = _open_gray(source.read_located(handle), name)
         except _READ_ERRORS as exc:
             errors[name] = str(exc)
             continue
@@ -213,4 +227,4 @@ def _decode_chunk(task: _ChunkTask) -> _ChunkResult:
             out[start + i] = np.asarray(_resize(gray, out.shape[1]), dtype=np.uint8)
     if out is not None:
         out.flush()
-    return start, shapes, errors
+    return start, shapes, colour, errors
