@@ -160,6 +160,8 @@ class EmbedConfig(TrainConfig):
     n_neighbors: int = 15
     min_dist: float = 0.1
     pumap_epochs: int = 30
+    # Held out in turn when the labelled data has every one of them; else every class but the largest (the one a
+    # new type is least like a minority of). A class with too few test particles is skipped (stages.loco.plan_holdouts).
     holdout_classes: tuple[str, ...] = ("corylus", "grim", "dust")
     min_cluster_size: int = 20
     ae_latent: int = 64  # which autoencoder of notebook 03 gives the AE space
@@ -249,7 +251,8 @@ def stage_config(cls: type[C], profile: str = "demo", overrides: Mapping[str, An
     if unknown:
         raise TypeError(f"{cls.__name__} has no parameter(s) {unknown}; known: {sorted(names)}")
     mine = {k: v for k, v in (overrides or {}).items() if k in names}
-    given = {k: _coerce(v) for k, v in {**mine, **params}.items() if v is not None}
+    tuples = {f.name for f in dataclasses.fields(cls) if isinstance(f.default, tuple)}
+    given = {k: _coerce(v, k in tuples) for k, v in {**mine, **params}.items() if v is not None}
     return cls(**{**profile_defaults(cls, profile), **given, "profile": profile})
 
 
@@ -264,10 +267,12 @@ def check_overrides(overrides: Mapping[str, Any]) -> None:
         raise ValueError(f"no notebook stage has the setting(s) {unknown}; known: {sorted(known)}")
 
 
-def _coerce(value: Any) -> Any:
-    """Turn papermill-friendly lists into the tuples the frozen configs hold."""
+def _coerce(value: Any, is_tuple: bool) -> Any:
+    """Turn papermill-friendly lists (and, for a tuple setting, a single value) into the tuples the configs hold."""
     if isinstance(value, list):
         return tuple(value)
+    if is_tuple and not isinstance(value, tuple):
+        return (value,)
     return value
 
 

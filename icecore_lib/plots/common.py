@@ -16,11 +16,18 @@ from ..schema import CLASSES, NEW_CLASS
 _PALETTE = ("#1f77b4", "#ff7f0e", "#8c564b", "#d62728", "#2ca02c", "#9467bd", "#7f7f7f", "#e377c2", "#17becf", "#bcbd22")
 
 
+NEW_CLASS_COLOR = "#e377c2"
+
+
 def class_colors(keys: list[str] | None = None) -> dict[str, str]:
-    """A fixed colour per class key: the study's seven always get the same colours, other keys follow, the new class pink."""
-    extra = [k for k in (keys or []) if k not in CLASSES and k != NEW_CLASS]
-    colors = {k: _PALETTE[i % len(_PALETTE)] for i, k in enumerate([*CLASSES, *extra])}
-    colors[NEW_CLASS] = "#e377c2"
+    """A fixed colour per class key: the study's seven always get the same colours, the new class pink, any other
+    key (a lab's own classes) the palette's colours that none of the given study classes takes, in order."""
+    keys = list(dict.fromkeys(keys or []))
+    colors = {k: _PALETTE[i] for i, k in enumerate(CLASSES)}
+    free = [c for c in _PALETTE if c != NEW_CLASS_COLOR and c not in {colors[k] for k in keys if k in colors}]
+    extra = [k for k in keys if k not in CLASSES and k != NEW_CLASS]
+    colors |= {k: free[i % len(free)] for i, k in enumerate(extra)}
+    colors[NEW_CLASS] = NEW_CLASS_COLOR
     return colors
 
 

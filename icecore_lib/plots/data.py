@@ -26,12 +26,15 @@ def class_counts(table: pd.DataFrame, path: Path | str | None = None) -> Figure:
 
 
 def samples_overview(core: pd.DataFrame, path: Path | str | None = None) -> Figure:
-    """Particles per core sample, shallowest on top (samples ordered by median depth)."""
-    summary = core.groupby(SAMPLE, observed=True).agg(n=(SAMPLE, "size"), depth=(DEPTH, "median"))
-    summary = summary.sort_values("depth")
+    """Particles per core sample, shallowest on top (by median depth) where the core has depths, else by sample id."""
+    summary = core.groupby(SAMPLE, observed=True).agg(n=(SAMPLE, "size"))
+    labels = [str(s) for s in summary.index]
+    if DEPTH in core:
+        summary = summary.join(core.groupby(SAMPLE, observed=True)[DEPTH].median().rename("depth")).sort_values("depth")
+        labels = [f"{s} ({d:.2f} m)" for s, d in zip(summary.index, summary["depth"])]
     fig = Figure(figsize=(6, 0.3 * len(summary) + 1.2))
     ax = fig.subplots()
-    ax.barh([f"{s} ({d:.2f} m)" for s, d in zip(summary.index, summary["depth"])], summary["n"], color="#607d8b")
+    ax.barh(labels, summary["n"], color="#607d8b")
     ax.invert_yaxis()
     ax.set_xlabel("particles")
     ax.set_title(f"Core particles per sample (n={len(core):,})")

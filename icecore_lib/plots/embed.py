@@ -1,4 +1,5 @@
-"""Embedding figures: 2-D maps that stay readable at 100k points, the 6-vs-7-class comparison, the LOCO heat map.
+"""Embedding figures: 2-D maps that stay readable at 100k points, a map without a class beside the one with every
+class, the LOCO heat map.
 
 Each map draws all points as a log-density background (``np.histogram2d``) and a seeded subsample as
 small translucent dots on top (rasterised, so PDFs stay small); a held-out class is drawn larger, on
@@ -72,7 +73,7 @@ def draw_embedding(
     _density(ax, values, bins)
     rng = np.random.default_rng(seed)
     shown = _thin(np.ones(len(values), dtype=bool), max_points, rng)
-    colors = class_colors([*CLASSES, *class_order(labels)])  # every known class keeps its colour in any subset
+    colors = class_colors(class_order(labels))
     handles = []
     for key in class_order(labels):
         color = colors[key]

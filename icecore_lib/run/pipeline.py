@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +12,12 @@ import papermill as pm
 import yaml
 from tqdm.auto import tqdm
 
-from ..config import PROFILE_NAMES, check_overrides
+from ..config import PROFILE_NAMES, StageConfig, check_overrides, stage_config
+from ..data.dataset import open_dataset
+from ..data.resolve import dataset_classes
 from ..files import atomic_write_json, atomic_write_yaml
 from .artifacts import Run
+from .notebook import HOLDOUT_SETTING, check_holdout_classes
 from .report import write_report
 from .rundir import environment_versions, new_run_dir
 from .rundir import runs_root as default_runs_root
@@ -74,6 +78,7 @@ def run_notebooks(
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_NAMES)}")
     check_overrides(overrides or {})
     paths = notebook_paths(notebooks_dir, only)
+    _check_holdouts(profile, dataset, overrides or {}, notebooks_dir)
     run_dir = new_run_dir(runs_root or default_runs_root(), name or f"{time.strftime('%Y%m%d-%H%M%S')}-{profile}")
     parameters = {"profile": profile, "run_dir": str(run_dir.resolve()), "dataset": dataset,
                   "overrides": dict(overrides or {})}
@@ -82,6 +87,20 @@ def run_notebooks(
     atomic_write_json(run_dir / "environment.json", environment_versions())
     (run_dir / "notebooks").mkdir()
     return run_dir, _execute(Run(run_dir), paths, parameters, progress)
+
+
+def _check_holdouts(profile: str, dataset: str, overrides: dict[str, Any], notebooks_dir: Path) -> None:
+    """Refuse, before anything runs, held-out classes given as overrides that the dataset's classes lack.
+
+    The dataset is found as the notebooks will find it: relative paths from the folder they run in.
+    """
+    if HOLDOUT_SETTING not in overrides:
+        return
+    cfg = stage_config(StageConfig, profile, dataset=dataset, overrides=overrides)
+    with contextlib.chdir(notebooks_dir.parent):
+        manifest, name, _ = open_dataset(cfg, progress=False)
+        classes = dataset_classes(manifest, name, cfg.cache_path, progress=False)
+    check_holdout_classes(overrides, classes, name)
 
 
 def resume_run(run_dir: Path | str, *, progress: bool = True) -> tuple[Path, list[NotebookResult]]:

@@ -48,14 +48,15 @@ def reconstructions(stage: Stage, model: ConvAutoencoder, n: int = 8) -> list[Fi
     """Originals above reconstructions: a seeded sample of the test split, then of the core (when there is one)."""
     table, rng = stage.table, np.random.default_rng(stage.cfg.seed)
     dim = model.latent_dim
-    test_rows = np.sort(rng.choice(np.flatnonzero((table[SPLIT] == "test").to_numpy()), size=n, replace=False))
+    test = np.flatnonzero((table[SPLIT] == "test").to_numpy())
+    test_rows = np.sort(rng.choice(test, size=min(n, len(test)), replace=False))
     images = stage.bundle.train.images
     figures = [reconstruction_grid(images[test_rows], reconstruct(model, images, test_rows),
                                    captions=list(table[LABEL].to_numpy()[test_rows]),
                                    path=stage.figure(f"03_ae{dim}_reconstructions_test.png"))]
     if stage.bundle.core is not None:
         core = stage.bundle.core
-        core_rows = np.sort(rng.choice(len(core.table), size=n, replace=False))
+        core_rows = np.sort(rng.choice(len(core.table), size=min(n, len(core.table)), replace=False))
         figures.append(reconstruction_grid(core.images[core_rows], reconstruct(model, core.images, core_rows),
                                            path=stage.figure(f"03_ae{dim}_reconstructions_core.png")))
     return figures

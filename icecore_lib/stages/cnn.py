@@ -1,4 +1,8 @@
 """Notebook 02: ResNet18 with and without metadata, calibrated, thresholded, audited; the core's predictions and composition.
+
+The classifier, its calibration and thresholds need the labelled part only; the core's predictions and composition
+need a core part, the composition against depth its sample_id and depth_m, the audits against the truth a truth
+part, the shortcut audit a session column: each step without what it needs is a Skipped line.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from ..evaluate import (
 )
 from ..plots.classify import plot_composition, plot_composition_depth
 from ..quantify import bootstrap_composition, composition_by_group, composition_error, group_errors
-from ..run.notebook import Skipped, Stage
+from ..run.notebook import Skipped, Stage, step
 from ..schema import DEPTH, LABEL, SAMPLE, SESSION
-from ..shift.audit import ProbeResult, domain_drop, session_probe
+from ..shift.audit import ProbeResult, SplitDrop, domain_drop, session_probe
 from ..train.classifier import EMBED_PREFIX, ClassifierOutputs, evaluate_split, fit_torch_classifier
 
 PROBA_PREFIX = "p_"  # the calibrated probability columns of the core predictions table
@@ -132,34 +136,28 @@ def best_variant(outputs: dict[str, ClassifierOutputs], table: pd.DataFrame) -> 
     return max(outputs, key=lambda v: evaluate_split(outputs[v], table, "val")["accuracy"])
 
 
-def core_accuracy_drop(outputs: ClassifierOutputs, test: dict[str, Any], bundle: DatasetBundle) -> Any:
-    """Accuracy on the core's known-class particles against the test split (None without a truth file)."""
-    known = _core_known(outputs, bundle)
-    if known is None:
-        return None
-    truth, pred = known
+@step("the core's accuracy drop", truth=True, to="measure the accuracy lost from the test split to the core")
+def core_accuracy_drop(stage: Stage, outputs: ClassifierOutputs, test: dict[str, Any]) -> SplitDrop:
+    """Accuracy on the core's known-class particles against the test split."""
+    truth, pred = _core_known(outputs, stage.bundle)
     return domain_drop(test["accuracy"], float((pred == truth).mean()), domain="core (known classes)")
 
 
-def _core_known(outputs: ClassifierOutputs, bundle: DatasetBundle) -> tuple[pd.Series, pd.Series] | None:
-    """True and predicted class of the core particles whose true class the model knows (None without truth)."""
-    if bundle.truth is None or outputs.core_logits is None:
-        return None
+def _core_known(outputs: ClassifierOutputs, bundle: DatasetBundle) -> tuple[pd.Series, pd.Series]:
+    """True and predicted class of the core particles whose true class the model knows."""
     truth = bundle.truth.reindex(outputs.core_logits.index)
     known = truth.isin(outputs.classes).to_numpy()
     return truth[known], outputs.core_logits[known].idxmax(axis=1)
 
 
-def core_recall_table(outputs: ClassifierOutputs, test: dict[str, Any], bundle: DatasetBundle,
-                      warn_drop: float = 0.10) -> pd.DataFrame | None:
+@step("the per-class recall on the core", truth=True, to="find the classes the core's acquisition breaks")
+def core_recall_table(stage: Stage, outputs: ClassifierOutputs, test: dict[str, Any],
+                      warn_drop: float = 0.10) -> pd.DataFrame:
     """Per class: recall on the test split and on the core's truth, and a flag where the core loses > ``warn_drop``.
 
     An average accuracy can hide one class that the core's acquisition shift breaks; this table does not.
     """
-    known = _core_known(outputs, bundle)
-    if known is None:
-        return None
-    core = classification_report_df(*known, outputs.classes)
+    core = classification_report_df(*_core_known(outputs, stage.bundle), outputs.classes)
     table = pd.DataFrame({"test_recall": test["per_class"]["recall"], "core_recall": core["recall"],
                           "core_support": core["support"]})
     table["drop"] = table["test_recall"] - table["core_recall"]
@@ -168,22 +166,23 @@ def core_recall_table(outputs: ClassifierOutputs, test: dict[str, Any], bundle: 
 
 
 def cnn_metrics(tests: dict[str, dict[str, Any]], best: str, calibration: Calibration, coverage: pd.DataFrame,
-                probe: Any, core_drop: Any, core_recall: pd.DataFrame | None, errors: pd.DataFrame | None,
-                per_sample: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Everything notebook 02 reports, as plain values for metrics.json."""
+                probe: ProbeResult | Skipped, core_drop: SplitDrop | Skipped, core_recall: pd.DataFrame | Skipped,
+                composition: CoreComposition | Skipped, per_sample: pd.DataFrame | Skipped) -> dict[str, Any]:
+    """Everything notebook 02 reports, as plain values for metrics.json (a skipped step leaves its entry out)."""
     metrics: dict[str, Any] = {v: metric_scalars(r) for v, r in tests.items()}
     metrics["core_model"] = best
     metrics["calibration"] = {"temperature": calibration.temperature, "ece_before": calibration.ece_before,
                               "ece_after": calibration.ece_after}
     metrics["thresholds"] = coverage.reset_index().to_dict(orient="records")
-    metrics["session_probe"] = probe.summary()
-    if core_drop is not None:
+    if isinstance(probe, ProbeResult):
+        metrics["session_probe"] = probe.summary()
+    if isinstance(core_drop, SplitDrop):
         metrics["core_accuracy"] = {"test": core_drop.reference, "core": core_drop.shifted, "warning": core_drop.warning}
-    if core_recall is not None:
+    if isinstance(core_recall, pd.DataFrame):
         metrics["core_recall"] = core_recall.to_dict(orient="index")
-    if errors is not None:
-        metrics["composition_mae"] = errors.filter(like="_abs_error").mean().to_dict()
-    if per_sample is not None:
+    if isinstance(composition, CoreComposition) and composition.errors is not None:
+        metrics["composition_mae"] = composition.errors.filter(like="_abs_error").mean().to_dict()
+    if isinstance(per_sample, pd.DataFrame):
         metrics["composition_mae_per_sample"] = per_sample[list(COMPOSITION_METHODS)].mean().to_dict()
     return metrics
 
@@ -218,17 +217,31 @@ def fit_trust(stage: Stage, outputs: ClassifierOutputs, calibration: Calibration
     return Trust(thresholds, coverage)
 
 
-def shortcut_audit(stage: Stage) -> ProbeResult:
+@step("the shortcut audit", columns=(SESSION,), to="test whether image statistics tell the sessions apart")
+def shortcut_audit(stage: Stage) -> ProbeResult | Skipped:
     """Can image background and blur statistics alone tell the acquisition sessions apart?"""
+    if stage.table[SESSION].nunique() < 2:
+        return Skipped("the shortcut audit", "the labelled particles come from one acquisition session",
+                       "label particles from two or more sessions to test whether image statistics tell them apart")
     return session_probe(stage.bundle.train.images, stage.table[SESSION], stage.table[LABEL], seed=stage.cfg.seed)
 
 
+CORE = {"core": True, "to": "classify the core and estimate its composition"}
+
+
+@step("the core's predictions", **CORE)
 def predict_core(stage: Stage, outputs: ClassifierOutputs, calibration: Calibration, trust: Trust) -> pd.DataFrame:
     """The core's per-particle predictions, written to the run (Parquet with the embedding, CSV without)."""
     table = core_table(outputs, calibration.temperature, trust.thresholds)
     stage.run.write("core_predictions", table)
     stage.run.write("core_predictions_csv", table.drop(columns=[c for c in table if c.startswith(EMBED_PREFIX)]))
     return table
+
+
+@step("the core's predicted classes", **CORE)
+def assigned_counts(stage: Stage, predictions: pd.DataFrame) -> pd.Series:
+    """Core particles per assigned class (``unassigned`` below the class's threshold)."""
+    return predictions["assigned"].value_counts()
 
 
 @dataclass(frozen=True)
@@ -239,6 +252,7 @@ class CoreComposition:
     errors: pd.DataFrame | None
 
 
+@step("the core's composition", **CORE)
 def core_composition(stage: Stage, outputs: ClassifierOutputs, calibration: Calibration) -> CoreComposition:
     """Classify-and-count, adjusted count and EM over the whole core; scored against the truth file when there is one."""
     compositions_ = compositions(outputs, stage.table, calibration.temperature, n_boot=stage.cfg.bootstrap,
@@ -256,35 +270,38 @@ def core_truth(stage: Stage, outputs: ClassifierOutputs) -> pd.Series | None:
     return stage.bundle.truth.reindex(outputs.core_logits.index)
 
 
+@step("the composition figure", **CORE)
 def composition_figure(stage: Stage, composition: CoreComposition) -> Figure:
     """Each method's composition with its interval; below it, its error against the truth when known."""
     truth = composition.errors["truth"] if composition.errors is not None else None
     return plot_composition(composition.compositions, truth=truth, path=stage.figure("02_core_composition.png"))
 
 
-def composition_errors(composition: CoreComposition) -> pd.DataFrame | Skipped:
+@step("the composition errors", truth=True, to="score the composition against the truth")
+def composition_errors(stage: Stage, composition: CoreComposition) -> pd.DataFrame:
     """Per class: each method's estimate against the truth."""
-    if composition.errors is None:
-        return Skipped("the composition errors", "there is no truth file for this core")
     return composition.errors.round(4)
 
 
-def depth_profile(stage: Stage, outputs: ClassifierOutputs, calibration: Calibration) -> Figure | Skipped:
-    """EM-adjusted composition per sample against depth."""
-    core = stage.bundle.core
-    if core is None or SAMPLE not in core.table or DEPTH not in core.table:
-        return Skipped("the composition against depth", "the core has no sample_id and depth_m columns")
-    by_depth = composition_by_group(outputs.core_proba(calibration.temperature), core.table[SAMPLE], method="em",
-                                    train_priors=train_priors(outputs.classes, stage.table), depth=core.table[DEPTH])
-    return plot_composition_depth(by_depth, path=stage.figure("02_composition_vs_depth.png"))
+@step("the composition per sample", core_columns=(SAMPLE,), to="see the composition sample by sample")
+def sample_profile(stage: Stage, outputs: ClassifierOutputs, calibration: Calibration) -> Figure | pd.DataFrame:
+    """EM-adjusted composition per sample: against depth where the core has depths, else a table (sample x class)."""
+    table = stage.bundle.core.table
+    depth = table[DEPTH] if DEPTH in table else None
+    by_sample = composition_by_group(outputs.core_proba(calibration.temperature), table[SAMPLE], method="em",
+                                     train_priors=train_priors(outputs.classes, stage.table), depth=depth)
+    if depth is None:
+        print(f"the core has no {DEPTH} column: the composition per sample, in {SAMPLE} order")
+        return by_sample.pivot(index=SAMPLE, columns="class", values="fraction")[outputs.classes].round(3)
+    return plot_composition_depth(by_sample, path=stage.figure("02_composition_vs_depth.png"))
 
 
-def per_sample_errors(stage: Stage, outputs: ClassifierOutputs, calibration: Calibration) -> pd.DataFrame | None:
-    """Each depth sample's composition error per method (None without a truth file or samples)."""
-    truth = core_truth(stage, outputs)
-    if truth is None or SAMPLE not in stage.bundle.core.table:
-        return None
-    return sample_errors(outputs, stage.table, calibration.temperature, stage.bundle.core.table[SAMPLE], truth)
+@step("the composition errors per sample", truth=True, core_columns=(SAMPLE,),
+      to="score each sample's composition against the truth")
+def per_sample_errors(stage: Stage, outputs: ClassifierOutputs, calibration: Calibration) -> pd.DataFrame:
+    """Each sample's composition error per method."""
+    return sample_errors(outputs, stage.table, calibration.temperature, stage.bundle.core.table[SAMPLE],
+                         core_truth(stage, outputs))
 
 
 def save(stage: Stage, outputs: dict[str, ClassifierOutputs], metrics: dict[str, Any]) -> None:

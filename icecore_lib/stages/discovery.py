@@ -6,12 +6,18 @@ scoring new particles needs no refit. The combined rank averages the percentile 
 the folds among those the lab -> core shift leaves stable (the folds have no UMAP map: the UMAP-space
 outlierness ``knn_umap`` is reported beside it, as its own score). An "unknown" threshold calibrated on the
 folds, the composition with the unknowns set aside, galleries, discovery cards and the explorer follow.
+
+Without a core part the folds still run on the labelled data (the held-out class's test particles against the
+other classes' test particles, detectors fitted without it) and the scores are chosen on them alone (there is no
+lab -> core shift to measure); every step on the core is a Skipped line. Without folds (no class could be held
+out) the combined rank averages every stable score and there is no "unknown" threshold.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -29,10 +35,17 @@ from ..novelty.metrics import (
 )
 from ..novelty.scorer import NoveltyScorer
 from ..plots.classify import plot_composition
-from ..plots.gallery import discovery_card, top_k_gallery, traffic_light_bars
+from ..plots.gallery import (
+    confused_gallery,
+    discovery_card,
+    group_gallery,
+    novelty_heatmap,
+    top_k_gallery,
+    traffic_light_bars,
+)
 from ..quantify import bootstrap_composition, composition_error
 from ..run.artifacts import Run
-from ..run.notebook import Skipped, Stage
+from ..run.notebook import Skipped, Stage, step
 from ..schema import DEPTH, LABEL, NEW_CLASS, SAMPLE, SPLIT
 from ..train.autoencoder import LATENT_PREFIX, RECON, AEOutputs
 from ..train.classifier import ClassifierOutputs
@@ -71,10 +84,12 @@ def _inputs(cnn: ClassifierOutputs, ae: AEOutputs, meta: Space, part: str) -> Sc
 
 
 def run_inputs(run: Run, bundle: DatasetBundle, cfg: DiscoveryConfig, meta: Space) -> dict[str, ScorerInputs]:
-    """Scorer inputs of the labelled part and the core from the run's notebook 02-03 models and a metadata space."""
+    """Scorer inputs of the labelled part and (when there is one) the core from the run's notebook 02-03 models
+    and a metadata space."""
     cnn = ClassifierOutputs.load(run, core_model_name(run))
     ae = AEOutputs.load(run, cfg.ae_latent)
-    return {part: _inputs(cnn, ae, meta, part) for part in ("labelled", "core")}
+    parts = ("labelled", "core") if bundle.core is not None else ("labelled",)
+    return {part: _inputs(cnn, ae, meta, part) for part in parts}
 
 
 def fit_scorer(inputs: ScorerInputs, table: pd.DataFrame, cfg: DiscoveryConfig, exclude: tuple[str, ...] = (),
@@ -148,7 +163,7 @@ def score_shift(scorer: NoveltyScorer, inputs: dict[str, ScorerInputs], table: p
     return (medians["core"] - medians["test"]).median(axis=0).rename("acquisition_shift")
 
 
-def choose_scores(loco_novelty: pd.DataFrame, shift: pd.Series, margin: float, max_shift: float) -> pd.DataFrame:
+def choose_scores(loco_novelty: pd.DataFrame | None, shift: pd.Series, margin: float, max_shift: float) -> pd.DataFrame:
     """Which scores the combined rank averages: stable under the acquisition shift, and near the best on LOCO.
 
     The leave-one-class-out folds have no acquisition shift (held-out classes come from lab sessions), so they
@@ -156,14 +171,19 @@ def choose_scores(loco_novelty: pd.DataFrame, shift: pd.Series, margin: float, m
     ``score_shift`` can. Kept: ``|shift| <= max_shift`` and a mean LOCO AUROC within ``margin`` of the best such
     score (averaging in clearly weaker scores adds their false alarms). The folds choose, so their own
     combined-rank row is optimistic; the core is the independent check.
+
+    A shift of NaN (no core to measure it on) rules no score out; without folds (``loco_novelty`` None) every
+    stable score is kept, and ``shift`` names the scores.
     """
-    auroc = loco_novelty.loc["mean"].xs("auroc", level="metric").drop("combined_rank", errors="ignore")
+    auroc = (loco_novelty.loc["mean"].xs("auroc", level="metric").drop("combined_rank", errors="ignore")
+             if loco_novelty is not None else pd.Series(np.nan, index=shift.index))
     table = pd.DataFrame({"loco_auroc": auroc, "acquisition_shift": shift.reindex(auroc.index)})
-    table["stable"] = table["acquisition_shift"].abs() <= max_shift
+    table["stable"] = ~(table["acquisition_shift"].abs() > max_shift)
     if not table["stable"].any():
         raise ValueError(f"every score shifts by more than {max_shift} between lab and core: raise max_score_shift")
     best = table.loc[table["stable"], "loco_auroc"].max()
-    table["chosen"] = table["stable"] & (table["loco_auroc"] >= best - margin)
+    near_best = table["loco_auroc"] >= best - margin if loco_novelty is not None else True
+    table["chosen"] = table["stable"] & near_best
     return table.sort_values("loco_auroc", ascending=False).rename_axis("score")
 
 
@@ -184,10 +204,12 @@ def new_class_metrics(scores: pd.DataFrame, truth: pd.Series | None, ks: tuple[i
     return novelty_metrics(scores, is_new, ks).sort_values("auroc", ascending=False)
 
 
-def flagged_by_sample(unknown: pd.Series, core: pd.DataFrame) -> pd.DataFrame:
-    """Fraction of particles flagged unknown per sample, with its depth, shallowest first."""
-    groups = core[["sample_id", "depth_m"]].groupby("sample_id")["depth_m"].transform("median").round(3)
-    return flag_fraction_by_group(unknown, pd.DataFrame({"sample_id": core["sample_id"], "depth_m": groups}))
+def flag_fraction_by_sample(unknown: pd.Series, core: pd.DataFrame) -> pd.DataFrame:
+    """Fraction of particles flagged unknown per sample, with its depth (shallowest first) where the core has depths."""
+    if DEPTH not in core:
+        return flag_fraction_by_group(unknown, core[SAMPLE])
+    groups = core[[SAMPLE, DEPTH]].groupby(SAMPLE)[DEPTH].transform("median").round(3)
+    return flag_fraction_by_group(unknown, pd.DataFrame({SAMPLE: core[SAMPLE], DEPTH: groups}))
 
 
 def candidate_clusters(scored: pd.DataFrame, summary: pd.DataFrame, min_size: int = 5) -> list[int]:
@@ -224,14 +246,17 @@ def open_set_compositions(core_pred: pd.DataFrame, unknown: pd.Series, table: pd
             for name, part in parts.items() for method in ("cc", "em")}
 
 
-def summary_metrics(new_class: pd.DataFrame | None, loco_novelty: pd.DataFrame, combined: list[str],
-                    threshold: UnknownThreshold, flagged_fraction: float,
+def summary_metrics(new_class: pd.DataFrame | None, loco_novelty: pd.DataFrame | None, combined: list[str],
+                    threshold: UnknownThreshold | None, flagged_fraction: float | None,
                     composition_errors: pd.DataFrame | None = None) -> dict:
-    """Notebook 05's numbers for metrics.json."""
-    metrics = {"loco_mean": loco_novelty.loc["mean"].unstack().to_dict(orient="index"),
-               "combined_rank_scores": combined,
-               "unknown_threshold": {"combined_rank": threshold.threshold, "tpr": threshold.tpr, "fpr": threshold.fpr},
-               "core_flagged_unknown_fraction": flagged_fraction}
+    """Notebook 05's numbers for metrics.json (None: a step that was skipped, left out)."""
+    metrics: dict = {} if loco_novelty is None else {
+        "loco_mean": loco_novelty.loc["mean"].unstack().to_dict(orient="index")}
+    metrics["combined_rank_scores"] = combined
+    if threshold is not None:
+        metrics["unknown_threshold"] = {"combined_rank": threshold.threshold, "tpr": threshold.tpr, "fpr": threshold.fpr}
+    if flagged_fraction is not None:
+        metrics["core_flagged_unknown_fraction"] = flagged_fraction
     if new_class is not None:
         metrics["new_class"] = new_class.to_dict(orient="index")
         metrics["best_score_auroc"] = str(new_class.index[0])
@@ -241,14 +266,28 @@ def summary_metrics(new_class: pd.DataFrame | None, loco_novelty: pd.DataFrame, 
 
 
 
-def score_folds(stage: Stage, meta: Space) -> list[HoldoutScores]:
+CORE = {"core": True, "to": "score the core"}
+
+
+def score_folds(stage: Stage, meta: Space) -> list[HoldoutScores] | Skipped:
     """Every leave-one-class-out fold notebook 04 trained, scored by detectors that never saw its class."""
-    return [holdout_scores(stage.run, stage.bundle, stage.cfg, holdout, meta) for holdout in holdouts_in_run(stage.run)]
+    holdouts = holdouts_in_run(stage.run)
+    if not holdouts:
+        return Skipped("scoring the leave-one-class-out folds", "notebook 04 held no class out (its "
+                       "leave-one-class-out section says why)")
+    return [holdout_scores(stage.run, stage.bundle, stage.cfg, holdout, meta) for holdout in holdouts]
 
 
+@step("the leave-one-class-out table")
 def fold_table(stage: Stage, folds: list[HoldoutScores]) -> pd.DataFrame:
     """Each score's AUROC, FPR95 and recall@k per held-out class, and their mean."""
     return loco_novelty_table({f.holdout: (f.scores, f.is_novel) for f in folds}, ks=stage.cfg.top_k)
+
+
+@step("the leave-one-class-out AUROCs")
+def fold_aurocs(stage: Stage, folds: list[HoldoutScores]) -> pd.DataFrame:
+    """Each score's AUROC per held-out class, and their mean."""
+    return fold_table(stage, folds).xs("auroc", axis=1, level="metric").round(3)
 
 
 @dataclass(frozen=True)
@@ -264,20 +303,38 @@ class Combination:
         return list(self.choice.index[self.choice["chosen"]])
 
 
-def choose_combination(stage: Stage, inputs: dict[str, ScorerInputs], loco: pd.DataFrame) -> Combination:
-    """Fit every detector on the training split; keep the shift-stable scores near the best on the folds."""
+def choose_combination(stage: Stage, inputs: dict[str, ScorerInputs], loco: pd.DataFrame | Skipped) -> Combination:
+    """Fit every detector on the training split; keep the shift-stable scores near the best on the folds.
+
+    Without a core the shift is not measured (every score counts as stable); without folds every stable score is kept.
+    """
     scorer = fit_scorer(inputs["labelled"], stage.table, stage.cfg)
-    choice = choose_scores(loco, score_shift(scorer, inputs, stage.table), stage.cfg.combine_margin,
-                           stage.cfg.max_score_shift)
+    if "core" in inputs:
+        shift = score_shift(scorer, inputs, stage.table)
+    else:
+        shift = pd.Series(np.nan, index=scorer.score_names_, name="acquisition_shift")
+        print("no core part: the lab -> core shift of the scores cannot be measured; they are chosen on the folds alone")
+    folds = None if isinstance(loco, Skipped) else loco
+    if folds is None:
+        print(f"no leave-one-class-out folds ({loco.why}): the combined rank averages every stable score")
+    choice = choose_scores(folds, shift, stage.cfg.combine_margin, stage.cfg.max_score_shift)
     print("combined rank averages:", list(choice.index[choice["chosen"]]))
     return Combination(scorer.set_params(combine=list(choice.index[choice["chosen"]])), choice)
 
 
-def recombined_folds(folds: list[HoldoutScores], combination: Combination) -> list[HoldoutScores]:
+@step("the recombined folds")
+def recombined_folds(stage: Stage, folds: list[HoldoutScores], combination: Combination) -> list[HoldoutScores]:
     """The folds with their combined rank over the chosen scores only."""
     return [f.recombined(combination.combined) for f in folds]
 
 
+@step("the leave-one-class-out heat map")
+def fold_heatmap(stage: Stage, loco: pd.DataFrame, metric: str) -> Figure:
+    """One metric (``auroc``, ``fpr95``) of every score per held-out class."""
+    return novelty_heatmap(loco, metric=metric, path=stage.figure(f"05_loco_{metric}.png"))
+
+
+@step("the core's novelty scores", **CORE)
 def score_core(stage: Stage, combination: Combination, inputs: dict[str, ScorerInputs]) -> pd.DataFrame:
     """Every score of every core particle, with notebook 02's prediction and notebook 04's cluster beside it."""
     scores = score(combination.scorer, inputs["core"]).join(umap_outlierness(stage.run, stage.table, stage.cfg.k_neighbors))
@@ -285,26 +342,47 @@ def score_core(stage: Stage, combination: Combination, inputs: dict[str, ScorerI
     return scores.join(core_pred[["pred", "max_prob", "unassigned"]]).join(stage.run.read("core_clusters"))
 
 
+@step("the most novel core particles", **CORE)
+def most_novel(stage: Stage, core_view: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The ``n`` core particles with the highest combined rank."""
+    return core_view.sort_values("combined_rank", ascending=False).head(n).round(3)
+
+
+@step("the new-class metrics", truth=True, to="measure how well each score finds a class planted in the core")
 def new_class_report(stage: Stage, core_view: pd.DataFrame) -> pd.DataFrame | Skipped:
     """Where the truth is known: how well each score finds the planted new class (AUROC, recall@k)."""
     found = new_class_metrics(core_view.drop(columns=list(CONTEXT_COLUMNS), errors="ignore"), stage.bundle.truth,
                               stage.cfg.top_k)
     if found is None:
-        return Skipped("the new-class metrics", "no truth file: the core's new classes are unknown (as on real data)")
+        return Skipped("the new-class metrics", f"the truth part has no {NEW_CLASS} particles (the planted new class)")
     print(f"best single score by AUROC: {found.index[0]} ({found['auroc'].iloc[0]:.3f}); "
           f"combined rank: AUROC {found.loc['combined_rank', 'auroc']:.3f}, "
           f"recall@2n {found.loc['combined_rank', 'recall@2n']:.2f}")
     return found
 
 
-def flag_unknowns(stage: Stage, folds: list[HoldoutScores], core_view: pd.DataFrame
-                  ) -> tuple[pd.DataFrame, UnknownThreshold]:
-    """The core table with an ``unknown`` flag: combined rank above the threshold calibrated on the folds."""
+@step("the unknown threshold")
+def calibrate_unknown(stage: Stage, folds: list[HoldoutScores]) -> UnknownThreshold:
+    """The combined-rank threshold that catches ``target_tpr`` of the held-out particles, all folds pooled."""
     threshold = pooled_threshold(folds, stage.cfg.target_tpr)
-    flagged = core_view.assign(unknown=core_view["combined_rank"] >= threshold.threshold)
     print(f"unknown if combined rank >= {threshold.threshold:.3f}: catches {threshold.tpr:.0%} of held-out particles, "
-          f"flags {threshold.fpr:.0%} of known ones; {flagged['unknown'].mean():.1%} of the core is flagged")
-    return flagged, threshold
+          f"flags {threshold.fpr:.0%} of known ones")
+    return threshold
+
+
+def flag_unknowns(core_view: pd.DataFrame | Skipped, threshold: UnknownThreshold | Skipped) -> pd.DataFrame | Skipped:
+    """The core table with an ``unknown`` flag (combined rank above the folds' threshold); as it was without one."""
+    if isinstance(core_view, Skipped) or isinstance(threshold, Skipped):
+        return core_view
+    flagged = core_view.assign(unknown=core_view["combined_rank"] >= threshold.threshold)
+    print(f"{flagged['unknown'].mean():.1%} of the core is flagged unknown")
+    return flagged
+
+
+@step("the unknowns per sample", core_columns=(SAMPLE,), to="see where in the core the unknowns are")
+def flagged_by_sample(stage: Stage, core_view: pd.DataFrame, threshold: UnknownThreshold) -> pd.DataFrame:
+    """Fraction of particles flagged unknown per sample, with its depth where known."""
+    return flag_fraction_by_sample(core_view["unknown"], stage.bundle.core.table)
 
 
 @dataclass(frozen=True)
@@ -316,7 +394,8 @@ class OpenSet:
     flagged_fraction: float
 
 
-def open_set(stage: Stage, core_view: pd.DataFrame) -> OpenSet:
+@step("the open-set composition", core=True, to="estimate the core's composition with the unknowns set aside")
+def open_set(stage: Stage, core_view: pd.DataFrame, threshold: UnknownThreshold) -> OpenSet:
     """CC and EM with and without the particles flagged unknown, scored against the truth file when there is one."""
     compositions = open_set_compositions(core_predictions(stage.run), core_view["unknown"], stage.table,
                                          n_boot=stage.cfg.bootstrap, seed=stage.cfg.seed)
@@ -326,6 +405,7 @@ def open_set(stage: Stage, core_view: pd.DataFrame) -> OpenSet:
     return OpenSet(compositions, errors, float(core_view["unknown"].mean()))
 
 
+@step("the open-set composition figure")
 def open_set_figure(stage: Stage, result: OpenSet) -> Figure:
     """Each estimate with its interval, below it the error against the truth when known."""
     return plot_composition(result.compositions, truth=result.errors["truth"] if result.errors is not None else None,
@@ -333,7 +413,8 @@ def open_set_figure(stage: Stage, result: OpenSet) -> Figure:
                             title=f"Core composition; {result.flagged_fraction:.1%} of the core flagged unknown")
 
 
-def open_set_table(result: OpenSet) -> pd.DataFrame:
+@step("the open-set composition table")
+def open_set_table(stage: Stage, result: OpenSet) -> pd.DataFrame:
     """Per class: each method's absolute error (and their mean) where the truth is known, else the estimates."""
     if result.errors is None:
         return pd.concat({m: c["fraction"] for m, c in result.compositions.items()}, axis=1).round(4)
@@ -341,6 +422,7 @@ def open_set_table(result: OpenSet) -> pd.DataFrame:
     return pd.concat([errors, errors.mean().to_frame("mean").T]).round(4)
 
 
+@step("the galleries of the most novel core particles", **CORE)
 def top_galleries(stage: Stage, core_view: pd.DataFrame,
                   scores: tuple[str, ...] = ("combined_rank", "recon", "knn_cnn", "msp")) -> list[Figure]:
     """The core's most novel particles by each of a few scores."""
@@ -349,6 +431,22 @@ def top_galleries(stage: Stage, core_view: pd.DataFrame,
             for name in scores]
 
 
+@step("the gallery of the most confused core particles", **CORE)
+def confused(stage: Stage, core_view: pd.DataFrame) -> Figure:
+    """The core particles the classifier is least sure of."""
+    return confused_gallery(stage.bundle.core.images, core_view, k=stage.cfg.gallery_size,
+                            path=stage.figure("05_most_confused.png"))
+
+
+@step("the gallery per predicted class", **CORE)
+def per_class_gallery(stage: Stage, core_view: pd.DataFrame) -> Figure:
+    """A sample of the core's particles per predicted class, the most confident first."""
+    return group_gallery(stage.bundle.core.images, core_view, by="pred", per_group=8, order_by="max_prob",
+                         seed=stage.cfg.seed, title="Core particles per predicted class (most confident first)",
+                         path=stage.figure("05_per_predicted_class.png"))
+
+
+@step("the discovery cards", **CORE)
 def discovery_cards(stage: Stage, core_view: pd.DataFrame) -> list[Figure]:
     """One card per candidate cluster: its crops, its features against the nearest class, where in the core it sits."""
     summary = stage.run.read("core_cluster_summary")
@@ -363,6 +461,7 @@ def discovery_cards(stage: Stage, core_view: pd.DataFrame) -> list[Figure]:
     return cards
 
 
+@step("the traffic lights per sample", core_columns=(SAMPLE,), to="see which samples sit outside the training set")
 def traffic_lights(stage: Stage, combination: Combination, core_view: pd.DataFrame) -> Figure:
     """Per sample, the share of particles inside the training set's 95th / 99th kNN-distance percentiles."""
     lights = traffic_light(core_view["knn_cnn"], combination.scorer.train_scores_["knn_cnn"])
@@ -370,12 +469,15 @@ def traffic_lights(stage: Stage, combination: Combination, core_view: pd.DataFra
                               path=stage.figure("05_traffic_light_by_sample.png"))
 
 
+@step("the explorer", core=True, to="explore and review the core")
 def explorer(stage: Stage, core_view: pd.DataFrame) -> Explorer:
     """The interactive map of the core (notebook 04's umap-learn map) linked to its crops and the review log."""
-    return Explorer(load_map(stage.run, "core"), stage.bundle.core.table[[SAMPLE, DEPTH]].join(core_view),
+    core = stage.bundle.core.table
+    return Explorer(load_map(stage.run, "core"), core[[c for c in (SAMPLE, DEPTH) if c in core]].join(core_view),
                     stage.bundle.core.images, stage.run, color_by="combined_rank", max_thumbnails=stage.cfg.gallery_size)
 
 
+@step("the review", core=True, to="explore and review the core")
 def review_top_cluster(stage: Stage, view: Explorer, core_view: pd.DataFrame) -> pd.Series:
     """The review without a mouse: record the top candidate cluster as a candidate class; the labels so far."""
     top = candidate_clusters(core_view, stage.run.read("core_cluster_summary"))[:1]
@@ -386,11 +488,20 @@ def review_top_cluster(stage: Stage, view: Explorer, core_view: pd.DataFrame) ->
     return review_to_labels(load_review(stage.run)).value_counts()
 
 
-def save(stage: Stage, core_view: pd.DataFrame, loco: pd.DataFrame, new_class: pd.DataFrame | Skipped,
-         combination: Combination, threshold: UnknownThreshold, result: OpenSet) -> None:
-    """The core's novelty table, the folds' table, and notebook 05's numbers in metrics.json."""
-    stage.run.write("core_novelty", core_view)
-    stage.run.write("loco_novelty", loco)
+def _done(value: object) -> object | None:
+    """A step's result, or None when it was skipped."""
+    return None if isinstance(value, Skipped) else value
+
+
+def save(stage: Stage, core_view: pd.DataFrame | Skipped, loco: pd.DataFrame | Skipped,
+         new_class: pd.DataFrame | Skipped, combination: Combination, threshold: UnknownThreshold | Skipped,
+         result: OpenSet | Skipped) -> None:
+    """The core's novelty table, the folds' table, and notebook 05's numbers in metrics.json (skipped steps left out)."""
+    if not isinstance(core_view, Skipped):
+        stage.run.write("core_novelty", core_view)
+    if not isinstance(loco, Skipped):
+        stage.run.write("loco_novelty", loco)
+    finished = _done(result)
     stage.run.update_metrics("05_discovery", summary_metrics(
-        None if isinstance(new_class, Skipped) else new_class, loco, combination.combined, threshold,
-        result.flagged_fraction, result.errors))
+        _done(new_class), _done(loco), combination.combined, _done(threshold),
+        getattr(finished, "flagged_fraction", None), getattr(finished, "errors", None)))

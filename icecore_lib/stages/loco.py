@@ -2,10 +2,18 @@
 
 Each fold's image CNN and autoencoder never see the held-out class; its particles are still embedded, and how
 well they stand apart in each space is notebook 04's table.
+
+Which classes are held out (:func:`plan_holdouts`): ``holdout_classes`` when the labelled data has every one of
+them (the defaults name the synthetic twin's ice-core classes), else every class of the data but the largest: a
+held-out class stands for a new particle type, a minority in the core, and holding out the largest class would
+take most of the training data from its fold's models. A class with fewer than ``MIN_HOLDOUT_TEST`` test
+particles is skipped (notebook 05 measures each fold on the test split), and so is every class when fewer than
+three are labelled (a fold must still train a classifier on two or more).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +24,52 @@ from ..data.dataset import DatasetBundle
 from ..embed.cluster import holdout_separation
 from ..embed.umap import UMAPReducer
 from ..run.artifacts import Run
+from ..run.notebook import Skipped
 from ..schema import LABEL, SPLIT
 from ..train.autoencoder import LATENT_PREFIX, AEOutputs, fit_autoencoder
 from ..train.classifier import ClassifierOutputs, fit_torch_classifier
+
+MIN_HOLDOUT_TEST = 5  # test particles a held-out class needs for its fold's novelty metrics
+MIN_KNOWN_CLASSES = 2  # classes a fold's classifier is still trained on
+
+
+@dataclass(frozen=True)
+class HoldoutPlan:
+    """The classes held out in turn, the rule that chose them, and the chosen ones skipped (with why)."""
+
+    classes: tuple[str, ...]
+    rule: str
+    skipped: tuple[Skipped, ...]
+
+
+def plan_holdouts(table: pd.DataFrame, classes: Sequence[str], configured: Sequence[str],
+                  min_test: int = MIN_HOLDOUT_TEST) -> HoldoutPlan:
+    """Which classes of the labelled ``table`` to hold out (``classes``: the dataset's, in manifest order)."""
+    counts = table[LABEL].value_counts()
+    present = [c for c in classes if c in counts]
+    if configured and all(c in counts for c in configured):
+        chosen, rule = list(configured), "the configured holdout_classes"
+    else:
+        largest = max(present, key=lambda c: counts[c])
+        chosen = [c for c in present if c != largest]
+        rule = f"every class but the largest ({largest})" + (
+            f": the configured holdout_classes ({', '.join(configured)}) are not all classes of this dataset"
+            if configured else "")
+    test = table.loc[table[SPLIT] == "test", LABEL].value_counts()
+    problems = {c: _holdout_problem(len(present), int(test.get(c, 0)), min_test) for c in chosen}
+    skipped = tuple(Skipped(f"holding out {c}", *problem) for c, problem in problems.items() if problem is not None)
+    return HoldoutPlan(tuple(c for c, problem in problems.items() if problem is None), rule, skipped)
+
+
+def _holdout_problem(n_classes: int, n_test: int, min_test: int) -> tuple[str, str] | None:
+    """Why a class cannot be held out (and what would let it), or None."""
+    if n_classes - 1 < MIN_KNOWN_CLASSES:
+        return (f"the labelled data has {n_classes} classes: holding one out leaves fewer than {MIN_KNOWN_CLASSES} "
+                "to train on", "label a third class to measure how an unseen class stands apart")
+    if n_test < min_test:
+        return (f"it has {n_test} test particle(s), fewer than {min_test}: too few to measure how it stands apart",
+                "label more of its particles")
+    return None
 
 
 @dataclass(frozen=True)
@@ -78,6 +129,11 @@ def holdouts_in_run(run: Run) -> list[str]:
     return sorted(run.read("loco_separation").index.unique("holdout_class"))
 
 
+LOCO_INDEX = ["holdout_class", "space"]
+
+
 def separation_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """All holdout rows as one table indexed by (holdout class, space)."""
-    return pd.DataFrame(rows).set_index(["holdout_class", "space"]).sort_index()
+    """All holdout rows as one table indexed by (holdout class, space); empty (same index) when none was held out."""
+    if not rows:
+        return pd.DataFrame(index=pd.MultiIndex.from_tuples([], names=LOCO_INDEX))
+    return pd.DataFrame(rows).set_index(LOCO_INDEX).sort_index()

@@ -1,5 +1,8 @@
 """Notebook 04: 2-D maps of the embedding spaces (umap-learn against our parametric UMAP), the leave-one-class-out
 folds' separation, and the core's own clusters.
+
+Maps and leave-one-class-out need the labelled part only (which classes are held out: :mod:`.loco`); the
+acquisition shift, the core on the maps and the core's clusters need a core part.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from ..plots.data import shift_heatmap
 from ..plots.embed import plot_embedding, plot_holdout_comparison, plot_loco_heatmap, plot_train_core
 from ..plots.gallery import group_gallery
 from ..run.artifacts import Run
-from ..run.notebook import Stage
+from ..run.notebook import Skipped, Stage, step
 from ..schema import LABEL, SPLIT
-from .loco import save_fold, separation, separation_table, train_without
+from .loco import HoldoutPlan, plan_holdouts, save_fold, separation, separation_table, train_without
 from .spaces import Space, core_predictions, robust_metadata_space
 
 CLUSTER = "cluster"
@@ -130,22 +133,31 @@ def load_map(run: Run, part: str, method: str = "umap-learn") -> pd.DataFrame:
     return run.read("maps", part=part)[[f"{method}_x", f"{method}_y"]]
 
 
-def metrics(comparison: pd.DataFrame, loco_table: pd.DataFrame, clusters: CoreClusters) -> dict[str, Any]:
-    """Notebook 04's numbers for metrics.json."""
-    summary = clusters.summary
-    return {
+def metrics(comparison: pd.DataFrame, loco_table: pd.DataFrame, clusters: CoreClusters | Skipped) -> dict[str, Any]:
+    """Notebook 04's numbers for metrics.json (without a core, no cluster numbers)."""
+    numbers = {
         "map_comparison": comparison.to_dict(orient="index"),
         "loco": {f"{h}/{s}": row for (h, s), row in loco_table.to_dict(orient="index").items()},
-        "core_clusters": {"n_clusters": int(len(summary)), "noise_fraction": float((clusters.clusters < 0).mean()),
-                          "flagged": summary.reset_index().loc[summary["flagged"].to_numpy()].to_dict(orient="records")},
     }
+    if isinstance(clusters, CoreClusters):
+        summary = clusters.summary
+        numbers["core_clusters"] = {
+            "n_clusters": int(len(summary)), "noise_fraction": float((clusters.clusters < 0).mean()),
+            "flagged": summary.reset_index().loc[summary["flagged"].to_numpy()].to_dict(orient="records")}
+    return numbers
 
 
+CORE = {"core": True, "to": "map and cluster the core"}
+
+
+@step("the core's predicted classes", **CORE)
 def core_classes(stage: Stage) -> pd.Series:
     """Notebook 02's predicted class of every core particle."""
     return core_predictions(stage.run)["pred"]
 
 
+@step("the lab -> core feature shift", core=True,
+      to="leave the features that measure the instrument out of the metadata space")
 def acquisition_shift(stage: Stage, core_pred: pd.Series) -> Figure:
     """The class-conditional lab -> core shift of each feature; those above ``max_feature_shift`` are left out."""
     shift = robust_metadata_space(stage.bundle, core_pred, stage.cfg.max_feature_shift)[1]
@@ -154,6 +166,7 @@ def acquisition_shift(stage: Stage, core_pred: pd.Series) -> Figure:
                          path=stage.figure("04_metadata_acquisition_shift.png"))
 
 
+@step("the core on the maps", **CORE)
 def train_core_maps(stage: Stage, fitted: FittedMaps, core_pred: pd.Series) -> list[Figure]:
     """Each map with the training split by class beside the core by predicted class."""
     return [plot_train_core(fitted.labelled[method], stage.table[LABEL], fitted.core[method],
@@ -172,29 +185,64 @@ def space_maps(stage: Stage, embedding: dict[str, Space], fitted: FittedMaps) ->
     return figures
 
 
+def holdout_plan(stage: Stage) -> HoldoutPlan:
+    """The classes this run holds out in turn (``holdout_classes`` or the data's own, see :mod:`.loco`)."""
+    return plan_holdouts(stage.table, list(stage.bundle.classes), stage.cfg.holdout_classes)
+
+
 def leave_one_class_out(stage: Stage, reference_map: pd.DataFrame,
-                        show: Callable[[Figure], object] | None = None) -> pd.DataFrame:
+                        show: Callable[[object], object] = print) -> pd.DataFrame | Skipped:
     """Per held-out class: CNN and autoencoder trained without it (their outputs saved for notebook 05), its
-    separation in each space, and its map beside the all-class one (passed to ``show`` as each fold ends)."""
+    separation in each space, and its map beside the all-class one (passed to ``show`` as each fold ends, after
+    the classes that could not be held out)."""
+    plan = holdout_plan(stage)
+    print(f"held out in turn: {', '.join(plan.classes) or 'no class'} ({plan.rule})")
+    for skipped in plan.skipped:
+        show(skipped)
+    if not plan.classes:
+        return Skipped("leave-one-class-out", "no class of this dataset can be held out (see above)")
     rows = []
-    for holdout in stage.cfg.holdout_classes:
+    for holdout in plan.classes:
         fold = train_without(stage.bundle, stage.cfg, holdout, stage.run)
         save_fold(fold, stage.run)
         fold_rows, fold_maps = separation(fold, stage.table, stage.cfg)
         rows += fold_rows
-        figure = plot_holdout_comparison(fold_maps["cnn"], reference_map, stage.table[LABEL], holdout,
-                                         names=stage.bundle.classes, path=stage.figure(f"04_loco_{holdout}_6_vs_7.png"))
-        if show is not None:
-            show(figure)
+        show(plot_holdout_comparison(fold_maps["cnn"], reference_map, stage.table[LABEL], holdout,
+                                     names=stage.bundle.classes,
+                                     path=stage.figure(f"04_loco_{holdout}_without_vs_with.png")))
     return separation_table(rows)
 
 
+@step("the leave-one-class-out heat map")
 def loco_heatmap(stage: Stage, loco: pd.DataFrame, space: str) -> Figure:
     """The separation metrics of every held-out class in one space."""
     return plot_loco_heatmap(loco.xs(space, level="space").reset_index(), names=stage.bundle.classes,
                              path=stage.figure(f"04_loco_heatmap_{space}.png"))
 
 
+@step("the core's clusters", **CORE)
+def core_clusters(stage: Stage, embedding: dict[str, Space], core_pred: pd.Series) -> CoreClusters:
+    """The core clustered in the ``cluster_space`` space (with the truth beside each cluster where known)."""
+    clusters = cluster_core(embedding[stage.cfg.cluster_space], stage.table, core_pred, stage.cfg,
+                            truth=stage.bundle.truth)
+    print(f"{len(clusters.summary)} clusters, {(clusters.clusters < 0).mean():.0%} of the core unclustered")
+    return clusters
+
+
+@step("the core's cluster table", **CORE)
+def cluster_table(stage: Stage, clusters: CoreClusters) -> pd.DataFrame:
+    """One row per cluster, the flagged ones first, then the largest."""
+    return clusters.summary.sort_values(["flagged", "size"], ascending=False).round(3)
+
+
+@step("the core's cluster map", **CORE)
+def cluster_map(stage: Stage, clusters: CoreClusters) -> Figure:
+    """The core's joint map coloured by cluster."""
+    return plot_embedding(clusters.core_map, clusters.clusters.astype(str), title="core clusters (HDBSCAN; -1 = noise)",
+                          path=stage.figure("04_core_clusters.png"))
+
+
+@step("the core's cluster gallery", **CORE)
 def cluster_gallery(stage: Stage, clusters: CoreClusters, core_pred: pd.Series) -> Figure:
     """A sample of each core cluster worth a look: the flagged ones, then the largest."""
     clustered = stage.bundle.core.table.join(clusters.clusters).join(core_pred)
@@ -204,10 +252,14 @@ def cluster_gallery(stage: Stage, clusters: CoreClusters, core_pred: pd.Series) 
                          path=stage.figure("04_core_cluster_gallery.png"))
 
 
-def save(stage: Stage, fitted: FittedMaps, clusters: CoreClusters, loco: pd.DataFrame, comparison: pd.DataFrame) -> None:
-    """The maps, the core's clusters and their summary, the LOCO table, and notebook 04's metrics."""
+def save(stage: Stage, fitted: FittedMaps, clusters: CoreClusters | Skipped, loco: pd.DataFrame | Skipped,
+         comparison: pd.DataFrame) -> None:
+    """The maps, the core's clusters and their summary, the LOCO table (empty when no class was held out: notebook
+    05 reads which were), and notebook 04's metrics."""
     save_maps(fitted, stage.run)
-    stage.run.write("core_clusters", clusters.clusters.to_frame())
-    stage.run.write("core_cluster_summary", clusters.summary)
-    stage.run.write("loco_separation", loco)
-    stage.run.update_metrics("04_umap", metrics(comparison, loco, clusters))
+    if isinstance(clusters, CoreClusters):
+        stage.run.write("core_clusters", clusters.clusters.to_frame())
+        stage.run.write("core_cluster_summary", clusters.summary)
+    loco_table = separation_table([]) if isinstance(loco, Skipped) else loco
+    stage.run.write("loco_separation", loco_table)
+    stage.run.update_metrics("04_umap", metrics(comparison, loco_table, clusters))

@@ -1,7 +1,8 @@
 """Notebook 00: what is in the labelled set and the core, how they look, how the core differs from the lab set.
 
 Every function takes the notebook's :class:`~icecore_lib.run.notebook.Stage`; figures are saved into the run
-and returned for display. A dataset without a core part gets a sentence saying what was skipped and why.
+and returned for display. A dataset without a core part (or a core without sample_id) gets a line saying what
+was skipped, why, and what to add.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from matplotlib.figure import Figure
 from ..data.dataset import DatasetBundle
 from ..plots import data as data_plots
 from ..plots import gallery
-from ..run.notebook import Skipped, Stage
+from ..run.notebook import Stage, step
 from ..run.rundir import copy_into
 from ..schema import FLOWCAM_FEATURES, LABEL, SAMPLE, SESSION, display_name
 from ..shift.drift import feature_drift
@@ -69,10 +70,9 @@ def synthetic_preview(stage: Stage) -> Path | None:
     return copy_into(stage.run, stage.bundle.preview, "figures/00_synthetic_preview.png")
 
 
-def core_samples(stage: Stage) -> Figure | Skipped:
-    """Particles per core sample against depth."""
-    if stage.bundle.core is None:
-        return Skipped("the core's samples", "this dataset has no core part")
+@step("the core's samples", core_columns=(SAMPLE,), to="see the particles per sample")
+def core_samples(stage: Stage) -> Figure:
+    """Particles per core sample, by depth where the core has depths."""
     return data_plots.samples_overview(stage.bundle.core.table, path=stage.figure("00_core_samples.png"))
 
 
@@ -92,19 +92,19 @@ def _part_tables(bundle: DatasetBundle) -> dict[str, pd.DataFrame]:
     return {name: packed.table for name, packed in bundle.parts().items()}
 
 
-def drift_table(stage: Stage, top: int | None = None) -> pd.DataFrame | Skipped:
+DRIFT_NEEDS = {"core": True, "to": "measure how the core differs from the lab set"}
+
+
+@step("the lab -> core drift", **DRIFT_NEEDS)
+def drift_table(stage: Stage, top: int | None = None) -> pd.DataFrame:
     """Per feature: PSI, KS and standardised mean difference between lab and core, worst PSI first (``top`` rows)."""
-    if stage.bundle.core is None:
-        return Skipped("the lab -> core drift", "this dataset has no core part")
     return feature_drift(stage.table, stage.bundle.core.table).head(top)
 
 
-def drift_report(stage: Stage) -> Figure | Skipped:
+@step("the lab -> core drift figure", **DRIFT_NEEDS)
+def drift_report(stage: Stage) -> Figure:
     """The features that shift most between lab and core (PSI and standardised mean difference)."""
-    table = drift_table(stage)
-    if isinstance(table, Skipped):
-        return table
-    return gallery.drift_report(table, path=stage.figure("00_feature_drift.png"))
+    return gallery.drift_report(drift_table(stage), path=stage.figure("00_feature_drift.png"))
 
 
 def save_metrics(stage: Stage) -> Path:
