@@ -142,6 +142,8 @@ class CNNConfig(TrainConfig):
     # The fused model's metadata branch gets the outline and size features only: the gray-level ones follow the
     # session's light (schema.GRAY_LEVEL_FEATURES), which the core does not share. "all" gives the study's 34.
     metadata_features: str = "shape"
+    # Classes counted as another for concentrations, e.g. ("Missed=Junk",) where "Missed" means "not a cell either".
+    count_as: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

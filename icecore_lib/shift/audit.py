@@ -132,14 +132,16 @@ def _nested(sessions: np.ndarray, labels: np.ndarray) -> bool:
 
 def _within_class(stats: pd.DataFrame, sessions: np.ndarray, labels: Sequence[Any] | None, cv: int, seed: int,
                   estimator: BaseEstimator | None) -> pd.DataFrame:
-    """Session-probe accuracy inside each class that was imaged in two or more sessions."""
+    """Session-probe accuracy inside each class imaged in two or more sessions (of 2+ images each; rarer ones left out)."""
     columns = ["n_sessions", "n", "accuracy", "balanced_accuracy", "chance"]
     if labels is None:
         return pd.DataFrame(columns=columns)
     labels = np.asarray(labels, dtype=object)
     rows = {}
     for label in pd.unique(labels):
-        mask = labels == label
+        in_class = pd.Series(sessions[labels == label])
+        counts = in_class.value_counts()
+        mask = (labels == label) & np.isin(sessions, counts.index[counts >= 2])
         if len(np.unique(sessions[mask])) >= 2:
             result = _cv_accuracy(stats[mask], sessions[mask], cv, seed, estimator)
             rows[label] = {c: result[c] for c in columns}

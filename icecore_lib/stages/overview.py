@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from ..data.dataset import DatasetBundle
 from ..plots import data as data_plots
 from ..plots import gallery
-from ..run.notebook import Stage, step
+from ..run.notebook import Skipped, Stage, step
 from ..run.rundir import copy_into
 from ..schema import FLOWCAM_FEATURES, LABEL, SAMPLE, SESSION, display_name
 from ..shift.drift import feature_drift
@@ -107,6 +107,9 @@ def drift_report(stage: Stage) -> Figure:
     return gallery.drift_report(drift_table(stage), path=stage.figure("00_feature_drift.png"))
 
 
-def save_metrics(stage: Stage) -> Path:
-    """Counts, pack keys and dropped items of every part into metrics.json (section ``data``)."""
-    return stage.run.update_metrics("data", data_metrics(stage.bundle))
+def save_metrics(stage: Stage, per_ml: pd.DataFrame | Skipped | None = None) -> Path:
+    """Counts, pack keys, dropped items of every part, and each sample's particles per ml, into metrics.json."""
+    metrics = data_metrics(stage.bundle)
+    if isinstance(per_ml, pd.DataFrame):
+        metrics["core"]["per_ml"] = {str(s): float(v) for s, v in zip(per_ml["sample"], per_ml["per_ml"])}
+    return stage.run.update_metrics("data", metrics)
