@@ -25,7 +25,7 @@ def default_cache_dir() -> Path:
 
 
 # Bump whenever the synthetic generator's output changes, so cached datasets of older versions are not reused.
-SYNTH_VERSION = 2
+SYNTH_VERSION = 3
 # Metadata features whose class-conditional lab -> core shift exceeds this (pooled within-class SDs) measure the
 # instrument rather than the particle; notebooks 04 and 05 leave them out of the metadata space.
 MAX_FEATURE_SHIFT = 0.5

@@ -27,6 +27,7 @@ from icecore_lib.data.manifest import ManifestError, load_manifest
 from icecore_lib.data.register import register_import
 from icecore_lib.data.resolve import resolve_parts
 from icecore_lib.data.validate import check_part, read_table
+from icecore_lib.run.artifacts import Run
 from icecore_lib.schema import FLOWCAM_FEATURES, LABEL, SAMPLE, SESSION, VOLUME
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "flowcam-vickot"
@@ -247,3 +248,18 @@ def test_check_takes_a_path_and_saves_its_report(tmp_path: Path, capsys: pytest.
     assert "layout class-folders" in out
     saved = Path(out.rsplit("full reports (every problem, JSON): ", 1)[1].strip())
     assert (saved / "train.json").is_file()
+
+
+@needs_realdata
+def test_notebook_00_reports_each_runs_particles_per_ml_as_its_run_summary(tmp_path: Path) -> None:
+    """`icecore run --data RAW --only 00` on a real run: per-run particles per ml = Particle Count / Fluid Volume Imaged."""
+    raw = raw_slice(tmp_path / "raw", n=1000)
+    cache = tmp_path / "cache"
+    assert main(["-q", "run", "--data", str(raw), "--profile", "ci", "--only", "00", "--runs-root",
+                 str(tmp_path / "runs"), "--cache-dir", str(cache)]) == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    per_ml = Run(run_dir).section("data")["core"]["per_ml"]
+    summary = flowcam.read_run_summary(REALDATA / "raw" / RUN / f"{RUN}_run_summary.txt")
+    assert per_ml == {RUN: pytest.approx(summary.particle_count / summary.fluid_volume_ml)}
+    table = Run(run_dir).read("sample_concentrations")
+    assert table.loc[0, "per_ml_lo"] < per_ml[RUN] < table.loc[0, "per_ml_hi"]

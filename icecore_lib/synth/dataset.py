@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..config import SynthConfig, to_dict
 from ..files import atomic_write_json
 from ..images.features import flowcam_features
-from ..schema import CLASSES, DEPTH, FLOWCAM_FEATURES, IMGPATH, LABEL, NEW_CLASS, SAMPLE, SESSION
+from ..schema import CLASSES, DEPTH, FLOWCAM_FEATURES, IMGPATH, LABEL, NEW_CLASS, SAMPLE, SESSION, VOLUME
 from .preview import contact_sheet
 from .render import RENDERERS
 from .sessions import Session, acquire, core_sessions, train_sessions
@@ -35,6 +35,10 @@ from .sessions import Session, acquire, core_sessions, train_sessions
 TRAIN, CORE = "train", "core"
 _PART_STREAM = {TRAIN: 1, CORE: 2}
 _PLAN_STREAM = 3
+_VOLUME_STREAM = 4
+# Insoluble particles per ml of meltwater in a sample (a median and its spread, log-normal): the fluid volume
+# imaged of each synthetic sample is its particle count divided by a concentration drawn from this.
+CONCENTRATION_PER_ML = (2.0e4, 0.5)
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 48
 _PREVIEW_PER_CLASS = 10
@@ -129,13 +133,23 @@ def plan_core(cfg: SynthConfig) -> pd.DataFrame:
     depth = tops[sample_of] + rng.uniform(0, 1, cfg.n_core) * lengths[sample_of]
     names = [f"S{k + 1:03d}" for k in range(n_samples)]
     session_names = [sessions[session_of[s]].name for s in sample_of]
+    volumes = _fluid_volumes(cfg.seed, sizes)
     return pd.DataFrame({
         IMGPATH: [_file_name(sn, i + 1, names[s]) for i, (sn, s) in enumerate(zip(session_names, sample_of))],
         SAMPLE: [names[s] for s in sample_of],
         DEPTH: np.round(depth, 3),
         SESSION: session_names,
+        VOLUME: volumes[sample_of],
         LABEL: labels.astype(str),
     })
+
+
+def _fluid_volumes(seed: int, sizes: np.ndarray) -> np.ndarray:
+    """Each sample's fluid volume imaged (ml, 5 significant digits, as a run summary gives it), from its own stream."""
+    rng = np.random.default_rng([seed, _VOLUME_STREAM])
+    median, spread = CONCENTRATION_PER_ML
+    volumes = np.maximum(sizes, 1) / (median * rng.lognormal(0.0, spread, len(sizes)))
+    return np.array([float(f"{v:.5g}") for v in volumes])
 
 
 def _core_sessions(cfg: SynthConfig) -> list[Session]:
@@ -248,7 +262,7 @@ def _render_parts(
 def _write_tables(folder: Path, plans: dict[str, pd.DataFrame], features: dict[str, pd.DataFrame]) -> None:
     """The instrument-style CSVs: train with labels, core without, the core's truth apart."""
     train = pd.concat([plans[TRAIN][[IMGPATH, LABEL, SESSION]], features[TRAIN]], axis=1)
-    core = pd.concat([plans[CORE][[IMGPATH, SAMPLE, DEPTH, SESSION]], features[CORE]], axis=1)
+    core = pd.concat([plans[CORE][[IMGPATH, SAMPLE, DEPTH, SESSION, VOLUME]], features[CORE]], axis=1)
     train.to_csv(folder / "train.csv", index=False)
     core.to_csv(folder / "core.csv", index=False)
     plans[CORE][[IMGPATH, LABEL]].to_csv(folder / "core_truth.csv", index=False)
