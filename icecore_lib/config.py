@@ -187,6 +187,7 @@ class DiscoveryConfig(StageConfig):
     combine_margin: float = 0.05  # the combined rank averages the stable scores within this LOCO AUROC of the best
     max_score_shift: float = 0.05  # a score is stable when the lab -> core shift moves it by at most this (percentile)
     max_feature_shift: float = MAX_FEATURE_SHIFT  # as in EmbedConfig: the same metadata space
+    count_as: tuple[str, ...] = ()  # as in CNNConfig: classes counted as another for concentrations
 
 
 # Each notebook's stage (the name its parameters and metrics are recorded under) and its config, in notebook order.

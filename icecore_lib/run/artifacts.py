@@ -70,6 +70,8 @@ ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
              "particles per ml per sample and predicted class: counting and counting+classification intervals"),
     Artifact("core_size_distribution", "tables/02_core_size_distribution.csv", NOTEBOOKS[2],
              "number and volume distribution of ESD (um) per predicted class, log bins"),
+    Artifact("open_set_concentrations", "tables/05_open_set_concentrations.csv", NOTEBOOKS[5],
+             "particles per ml per sample and class, the particles flagged unknown counted as class 'unknown'"),
     Artifact("maps", "tables/04_maps_{part}.parquet", NOTEBOOKS[4],
              "every particle's coordinates on each 2-D map (<method>_x, <method>_y)"),
     Artifact("core_clusters", "tables/04_core_clusters.parquet", NOTEBOOKS[4], "HDBSCAN cluster per core particle"),

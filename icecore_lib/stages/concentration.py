@@ -87,3 +87,26 @@ def concentration_metrics(table: pd.DataFrame | Skipped) -> dict[str, dict[str, 
         return {}
     return {"per_ml": {str(s): dict(zip(g["class"].astype(str), g["per_ml"].astype(float)))
                        for s, g in table.groupby("sample", sort=False)}}
+
+
+UNKNOWN = "unknown"
+
+
+@step("particles per ml with the unknowns set aside", **VOLUMES)
+def open_set_concentrations(stage: Stage, core_view: pd.DataFrame) -> pd.DataFrame | Skipped:
+    """Notebook 05: per sample and class, the particles flagged unknown counted as their own class ``unknown``."""
+    if UNKNOWN not in core_view:
+        return Skipped("particles per ml with the unknowns set aside", "there is no unknown threshold",
+                       "hold out classes in notebook 04 (3 or more classes) to calibrate one")
+    predictions = stage.run.read("core_predictions").loc[core_view.index]
+    flagged = core_view[UNKNOWN].astype(bool)
+    proba = table_proba(predictions).assign(**{UNKNOWN: 0.0})
+    proba.loc[flagged] = 0.0
+    proba.loc[flagged, UNKNOWN] = 1.0
+    labels = predictions["pred"].where(~flagged, UNKNOWN)
+    core = stage.bundle.core.table.loc[core_view.index]
+    table = concentration_table(labels, core[SAMPLE], sample_volumes(core), probabilities=proba,
+                                merge=parse_count_as(stage.cfg.count_as), n_boot=stage.cfg.bootstrap, seed=stage.cfg.seed)
+    stage.run.write("open_set_concentrations", table)
+    concentration_figure(table, path=stage.figure("05_concentrations_open_set.png"))
+    return table
