@@ -28,7 +28,7 @@ from icecore_lib.data.layouts import import_path
 from icecore_lib.evaluate import evaluate
 from icecore_lib.run.artifacts import Run
 from icecore_lib.run.pipeline import run_notebooks
-from icecore_lib.schema import LABEL, SAMPLE, SPLIT, VOLUME
+from icecore_lib.schema import FLOWCAM_FEATURES, LABEL, SAMPLE, SPLIT, VOLUME
 from icecore_lib.train.classifier import ClassifierOutputs, evaluate_split
 
 DEFAULT_EXPORT = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "flowcam-vickot"
@@ -56,18 +56,22 @@ def _row(label: str, result: dict) -> dict[str, object]:
             **{f"recall {k}": v for k, v in recall.items()}}
 
 
-def source_recipe_row(export: Path, table: pd.DataFrame) -> dict[str, object] | None:
-    """The source repository's classifier recipe, re-fitted on the same train split, scored on the same test split."""
+def source_recipe_rows(export: Path, table: pd.DataFrame) -> list[dict[str, object]]:
+    """The source repository's classifier recipe (GradientBoosting, 500 trees of depth 5), re-fitted on the same train
+    split and scored on the same test split: on its own selected features, and on the 34 FlowCam features."""
     selected = export / "selected_features.csv"
-    if not selected.is_file():
-        return None
-    features = [f for f in pd.read_csv(selected, header=None)[0] if f in table.columns]
-    fit = table[table[SPLIT] != "test"]
-    test = table[table[SPLIT] == "test"]
-    model = GradientBoostingClassifier(n_estimators=500, max_depth=5, random_state=42)
-    model.fit(fit[features].to_numpy(float), fit[LABEL])
-    proba = pd.DataFrame(model.predict_proba(test[features].to_numpy(float)), index=test.index, columns=model.classes_)
-    return _row(f"source repo's GBC ({len(features)} selected features)", evaluate(test[LABEL], proba))
+    own = [f for f in pd.read_csv(selected, header=None)[0] if f in table.columns] if selected.is_file() else []
+    sets = {f"source repo's GBC, its selected feature(s): {', '.join(own)}": own} if own else {}
+    sets["source repo's GBC recipe on the 34 FlowCam features"] = list(FLOWCAM_FEATURES)
+    fit, test = table[table[SPLIT] != "test"], table[table[SPLIT] == "test"]
+    rows = []
+    for label, features in sets.items():
+        model = GradientBoostingClassifier(n_estimators=500, max_depth=5, random_state=42)
+        model.fit(fit[features].to_numpy(float), fit[LABEL])
+        proba = pd.DataFrame(model.predict_proba(test[features].to_numpy(float)), index=test.index,
+                             columns=model.classes_)
+        rows.append(_row(label, evaluate(test[LABEL], proba)))
+    return rows
 
 
 def loco_rows(run: Run) -> pd.DataFrame:
@@ -91,10 +95,17 @@ def raw_concentrations(raw: Path, cache: Path) -> pd.DataFrame:
     return counted
 
 
+def _cell(value: object, digits: int) -> str:
+    """A table cell: floats to ``digits`` decimals (ones too small for that to 4 significant digits)."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.{digits}f}" if abs(value) >= 10**-digits or value == 0 else f"{value:.4g}"
+
+
 def markdown(frame: pd.DataFrame, digits: int = 3, index: bool = True) -> str:
     """A DataFrame as a GitHub markdown table (numbers rounded to ``digits``)."""
     shown = frame.reset_index() if index else frame
-    cells = [[f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row] for row in shown.itertuples(index=False)]
+    cells = [[_cell(v, digits) for v in row] for row in shown.itertuples(index=False)]
     header = [str(c) for c in shown.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
@@ -116,13 +127,13 @@ def main() -> None:
         run = Run(run_dir)
         table = load_dataset(stage_config(StageConfig, args.profile, dataset=str(classes)), progress=False).train.table
         rows = model_rows(run, table)
-        recipe = source_recipe_row(export, table)
+        recipe = source_recipe_rows(export, table)
         loco = loco_rows(run)
     minutes = (time.perf_counter() - start) / 60
     print(f"Measured on real crops: {classes} ({len(table):,} person-sorted particles, "
           f"{table[LABEL].value_counts().to_dict()}), profile {args.profile}, test split "
           f"{int((table[SPLIT] == 'test').sum())} particles; {minutes:.1f} min for all six notebooks\n")
-    print(markdown(pd.DataFrame(rows + ([recipe] if recipe else [])), index=False))
+    print(markdown(pd.DataFrame(rows + recipe), index=False))
     for result in results:
         print(f"  {result.name}: {result.seconds:.0f} s")
     if not loco.empty:
@@ -131,7 +142,7 @@ def main() -> None:
     if args.raw:
         print("\nParticles per ml per run (all particles), icecore vs the run summary's Particle Count / "
               "Fluid Volume Imaged:\n")
-        print(markdown(raw_concentrations(export / "raw", default_cache_dir()), digits=1))
+        print(markdown(raw_concentrations(export / "raw", default_cache_dir()).round({VOLUME: 5}), digits=1))
 
 
 if __name__ == "__main__":
