@@ -257,7 +257,7 @@ def test_notebook_00_reports_each_runs_particles_per_ml_as_its_run_summary(tmp_p
     cache = tmp_path / "cache"
     assert main(["-q", "run", "--data", str(raw), "--profile", "ci", "--only", "00", "--runs-root",
                  str(tmp_path / "runs"), "--cache-dir", str(cache)]) == 0
-    run_dir = next((tmp_path / "runs").iterdir())
+    (run_dir,) = [d for d in (tmp_path / "runs").iterdir() if d.name != "LATEST"]
     per_ml = Run(run_dir).section("data")["core"]["per_ml"]
     summary = flowcam.read_run_summary(REALDATA / "raw" / RUN / f"{RUN}_run_summary.txt")
     assert per_ml == {RUN: pytest.approx(summary.particle_count / summary.fluid_volume_ml)}
