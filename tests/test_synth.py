@@ -14,7 +14,7 @@ from PIL import Image
 
 import icecore_lib.synth.dataset as writer
 from icecore_lib.config import SynthConfig, synth_config
-from icecore_lib.schema import CLASSES, DEPTH, FLOWCAM_FEATURES, IMGPATH, LABEL, NEW_CLASS, SAMPLE, SESSION
+from icecore_lib.schema import CLASSES, DEPTH, FLOWCAM_FEATURES, IMGPATH, LABEL, NEW_CLASS, SAMPLE, SESSION, VOLUME
 from icecore_lib.synth.dataset import generate, plan_core
 from icecore_lib.synth.sessions import train_sessions
 
@@ -47,7 +47,9 @@ def test_writes_every_file_with_the_exact_columns(dataset: Path) -> None:
     core = pd.read_csv(dataset / "core.csv")
     truth = pd.read_csv(dataset / "core_truth.csv")
     assert list(train.columns) == [IMGPATH, LABEL, SESSION, *FLOWCAM_FEATURES]
-    assert list(core.columns) == [IMGPATH, SAMPLE, DEPTH, SESSION, *FLOWCAM_FEATURES]
+    assert list(core.columns) == [IMGPATH, SAMPLE, DEPTH, SESSION, VOLUME, *FLOWCAM_FEATURES]
+    per_sample = core.groupby(SAMPLE)[VOLUME]
+    assert (per_sample.nunique() == 1).all() and (core[VOLUME] > 0).all()
     assert list(truth.columns) == [IMGPATH, LABEL]
     assert list(truth[IMGPATH]) == list(core[IMGPATH])
 
