@@ -113,6 +113,14 @@ def read_lab_csv(path: Path | str, text_columns: Iterable[str] = ()) -> LabCsv:
     return LabCsv(frame=frame, lines=np.asarray(lines, dtype=np.int64), dialect=dialect)
 
 
+def lab_columns(path: Path | str) -> list[str]:
+    """The column names of a lab's CSV, by the rules of :func:`read_lab_csv`, without parsing its rows."""
+    path = Path(path)
+    text, _ = _decode(path)
+    separator, header_index = _sniff(text, path)
+    return next(itertools.islice(_reader(_top(text), separator), header_index, None))
+
+
 def lab_number(series: pd.Series, decimal: str = ".") -> pd.Series:
     """Floats from text cells, NaN where a cell is not a number; ``decimal=','`` also reads '1,25' as 1.25."""
     if decimal == "," and series.dtype == object:

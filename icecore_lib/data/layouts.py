@@ -40,7 +40,7 @@ from ..images.features import PIXEL_UM, features_frame
 from ..images.sources import FolderSource, is_image_name, sha256_file
 from ..schema import FLOWCAM_FEATURES, IMGPATH, LABEL, SAMPLE, SESSION, VOLUME
 from . import flowcam
-from .labcsv import SOURCE_FILE, SOURCE_LINE, read_lab_csv
+from .labcsv import SOURCE_FILE, SOURCE_LINE, LabCsv, lab_columns, read_lab_csv
 
 LAYOUTS = ("flowcam-raw", "class-folders", "csv", "images")
 IMPORT_VERSION = 1
@@ -108,7 +108,7 @@ def _has_images(folder: Path) -> bool:
 def _imgpath_csvs(path: Path) -> list[Path]:
     """CSV files in a folder (or the file itself) whose header names an ``imgpaths`` column."""
     candidates = [path] if path.is_file() else sorted(path.glob("*.csv"))
-    return [c for c in candidates if IMGPATH in read_lab_csv(c).frame.columns]
+    return [c for c in candidates if IMGPATH in lab_columns(c)]
 
 
 def detect_layout(path: Path) -> str:
@@ -244,8 +244,7 @@ def _import_raw(path: Path, folder: Path, *, pixel_um: float | None, progress: b
             notes += _filter_note(run.classes)
         digests |= {str(p.relative_to(path)): sha256_file(p) for p in (run.csv, run.summary, run.classes) if p}
         rows.append(_canonical(frame, csv.lines, where))
-    cut = _cut_all(runs, boxes, folder / CROPS, progress)
-    notes += cut
+    notes += _cut_all(boxes, folder / CROPS, progress)
     core = pd.concat(rows, ignore_index=True)
     parts = {"core": _Part(core.drop(columns=[LABEL], errors="ignore"), Path(CROPS))}
     if LABEL in core.columns and core[LABEL].notna().any():
@@ -268,7 +267,7 @@ def _filter_note(path: Path) -> list[str]:
 
 
 def _boxes(frame: pd.DataFrame, lines: np.ndarray, run: flowcam.RunFolder, where: str) -> list[CropBox]:
-    """Each particle's crop box on its collage sheet (sheet names relative to the runs' common folder)."""
+    """Each particle's crop box on its collage sheet (in the run's folder; the CSV may give a path from the PC)."""
     numbers = frame[list(flowcam.BOX_COLUMNS)].apply(pd.to_numeric, errors="coerce")
     bad = numbers.isna().any(axis=1).to_numpy()
     if bad.any():
@@ -277,20 +276,13 @@ def _boxes(frame: pd.DataFrame, lines: np.ndarray, run: flowcam.RunFolder, where
         raise LayoutError(f"{where} line {int(lines[row])}, column {column!r}: "
                           f"{frame[column].iloc[row]!r} is not a whole number")
     sheets = frame[flowcam.IMAGE_FILE].str.replace("\\", "/").str.rsplit("/", n=1).str[-1]
-    prefix = run.path.name
-    return [CropBox(name, f"{prefix}/{sheet}", int(x), int(y), int(w), int(h), int(line))
+    return [CropBox(name, run.path / sheet, int(x), int(y), int(w), int(h), int(line))
             for name, sheet, (x, y, w, h), line in zip(frame[IMGPATH], sheets, numbers.to_numpy(), lines)]
 
 
-def _cut_all(runs: list[flowcam.RunFolder], boxes: list[CropBox], dest: Path, progress: bool) -> list[str]:
-    """Cut every crop (sheets found relative to the runs' parent folder) and say what could not be cut."""
-    parents = {r.path.parent for r in runs}
-    base = parents.pop() if len(parents) == 1 else None
-    if base is None:
-        boxes = [dataclasses.replace(b, sheet=str(next(r.path for r in runs if b.name.startswith(f"{r.name}/"))
-                                                  / Path(b.sheet).name)) for b in boxes]
-        base = Path("/")
-    report = cut_crops(base, boxes, dest, progress=progress)
+def _cut_all(boxes: list[CropBox], dest: Path, progress: bool) -> list[str]:
+    """Cut every crop and say what could not be cut."""
+    report = cut_crops(boxes, dest, progress=progress)
     notes = [f"{len(report.written):,} crops cut from {report.sheets} collage sheet(s)"
              + (f", checked against {report.masks} mask sheet(s)" if report.masks else " (no mask sheets found)")]
     if report.failed:
@@ -329,18 +321,19 @@ def _image_names(folder: Path) -> list[str]:
     return sorted(FolderSource(folder).names())
 
 
-def _feature_csv(path: Path, names: Iterable[str]) -> tuple[Path, str] | None:
-    """The CSV (in the folder or beside it) with a column of the crops' file names, and that column."""
+def _feature_csv(path: Path, names: Iterable[str]) -> tuple[Path, str, LabCsv] | None:
+    """The CSV (in the folder or beside it) with a column of the crops' file names, that column, and the CSV read."""
     basenames = {n.rsplit("/", 1)[-1] for n in names}
     best = None
-    for csv in sorted([*path.glob("*.csv"), *path.parent.glob("*.csv")]):
-        frame = read_lab_csv(csv).frame
+    for csv_path in sorted([*path.glob("*.csv"), *path.parent.glob("*.csv")]):
+        csv = read_lab_csv(csv_path)
+        frame = csv.frame
         for column in frame.columns:
             values = frame[column].dropna().astype(str).str.replace("\\", "/").str.rsplit("/", n=1).str[-1]
             share = values.isin(basenames).mean() if len(values) else 0.0
             if share >= 0.5 and (best is None or share > best[0]):
-                best = (share, csv, column)
-    return None if best is None else (best[1], best[2])
+                best = (share, csv_path, column, csv)
+    return None if best is None else best[1:]
 
 
 def _session(basenames: pd.Series) -> pd.Series | None:
@@ -363,8 +356,8 @@ def _import_classes(path: Path, folder: Path, *, pixel_um: float | None, progres
         notes.append(_computed_note(pixel_um))
         digests = {}
     else:
-        csv_path, key = found
-        rows, more = _joined_rows(csv_path, key, images, path)
+        csv_path, key, csv = found
+        rows, more = _joined_rows(csv, csv_path.name, key, images, path)
         notes += more
         digests = {os.path.relpath(csv_path, path): sha256_file(csv_path)}
     session = _session(rows[IMGPATH].str.rsplit("/", n=1).str[-1])
@@ -374,10 +367,9 @@ def _import_classes(path: Path, folder: Path, *, pixel_um: float | None, progres
     return _Build({"train": _Part(rows, path)}, notes, None, digests)
 
 
-def _joined_rows(csv_path: Path, key: str, images: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[str]]:
+def _joined_rows(csv: LabCsv, where: str, key: str, images: pd.DataFrame, path: Path
+                 ) -> tuple[pd.DataFrame, list[str]]:
     """The feature CSV's rows joined to the crops by file name (labels from the folders)."""
-    csv = read_lab_csv(csv_path)
-    where = csv_path.name
     frame = csv.frame.copy()
     notes = [f"features from {where} (joined on its {key!r} column; {csv.dialect.describe()})"]
     notes += _check_features(frame, where)

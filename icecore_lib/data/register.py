@@ -45,8 +45,7 @@ def register_import(imported: Imported, manifest: Path, *, name: str, pixel_um: 
         text = path.read_text(encoding="utf-8")
         text = text if text.endswith("\n") else text + "\n"
     updated = text + entry_text(imported, name, pixel_um)
-    atomic_write_text(path.with_name(f".{path.name}.check"), updated)
-    check = path.with_name(f".{path.name}.check")
+    check = atomic_write_text(path.with_name(f".{path.name}.check"), updated)
     try:
         parsed = load_manifest(check)
         parsed.dataset(name)

@@ -23,10 +23,10 @@ from .decode import DECODE_FORMATS
 
 @dataclass(frozen=True)
 class CropBox:
-    """Where one particle's crop lies: its name in the crops zip, its sheet and box, and its CSV line."""
+    """Where one particle's crop lies: its name in the crops zip, its sheet's path and box, and its CSV line."""
 
     name: str
-    sheet: str
+    sheet: Path
     x: int
     y: int
     width: int
@@ -88,8 +88,8 @@ def copy_members(source: Path, dest: Path, names: set[str]) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def cut_crops(folder: Path, boxes: Sequence[CropBox], dest: Path, progress: bool = True) -> CutReport:
-    """Cut every box out of its sheet in ``folder`` into the zip ``dest`` (written atomically).
+def cut_crops(boxes: Sequence[CropBox], dest: Path, progress: bool = True) -> CutReport:
+    """Cut every box out of its sheet into the zip ``dest`` (written atomically).
 
     A missing or unreadable sheet, or a box outside its sheet, fails that particle (reported, not written);
     where the mask sheet exists, a box whose mask holds no particle pixel is reported as ``empty_mask``.
@@ -102,9 +102,9 @@ def cut_crops(folder: Path, boxes: Sequence[CropBox], dest: Path, progress: bool
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf, \
                 tqdm(total=len(ordered), desc="cutting crops", unit="crop", disable=not progress) as bar:
-            for sheet_name, group in groupby(ordered, key=lambda b: b.sheet):
+            for sheet_file, group in groupby(ordered, key=lambda b: b.sheet):
                 group = list(group)
-                sheet_file = folder / sheet_name
+                sheet_name = sheet_file.name
                 try:
                     sheet = _open_sheet(sheet_file)
                 except (OSError, ValueError, SyntaxError) as exc:
