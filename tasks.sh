@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The two set-up commands of the README:
 #   bash tasks.sh demo   runs every notebook end to end (papermill) on the synthetic demo data
-#   bash tasks.sh test   runs the test suite, notebooks included (nbval, ci profile)
+#   bash tasks.sh test   runs the test suite, notebooks included (nbval, ci profile); `test-slow` the slow rest
 # Each creates .venv with Python 3.11 and installs the package into it on first use.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -29,11 +29,28 @@ case "${1:-}" in
   test)
     ensure_env
     shift
-    exec "$VENV/bin/python" -m pytest tests notebooks --nbval-lax \
-      --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=10 "$@"
+    # Side by side, one core each: the notebooks under nbval (ci profile, in order: each continues the run the one
+    # before it started; their log follows the unit tests') and the unit tests but the slow ones (test-slow).
+    log="$(mktemp)"
+    OMP_NUM_THREADS=1 "$VENV/bin/python" -m pytest notebooks --nbval-lax \
+      --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider >"$log" 2>&1 &
+    notebooks=$!
+    units=0
+    OMP_NUM_THREADS=1 "$VENV/bin/python" -m pytest tests -m "not slow" --durations=5 "$@" || units=$?
+    nbval=0
+    wait "$notebooks" || nbval=$?
+    echo "---- notebooks (nbval, ci profile) ----"
+    cat "$log"
+    rm -f "$log"
+    exit $(( units || nbval ))
+    ;;
+  test-slow)
+    ensure_env
+    shift
+    exec "$VENV/bin/python" -m pytest tests -m slow --durations=5 "$@"
     ;;
   *)
-    echo "usage: bash tasks.sh demo|test [extra arguments]" >&2
+    echo "usage: bash tasks.sh demo|test|test-slow [extra arguments]" >&2
     exit 2
     ;;
 esac

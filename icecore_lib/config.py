@@ -111,6 +111,9 @@ class TrainConfig(StageConfig):
     augment_blur: float = 1.0  # largest random defocus sigma (px at model size)
     augment_noise: float = 3.0  # largest random noise std (gray levels)
     compile: bool = False  # torch.compile the model (CUDA; pays a one-off compile time)
+    # Progressive resizing: the first this fraction of the epochs sees the images at half size (a quarter of the
+    # pixels: ~3x faster steps on CPU), the rest at full size; only models that take any size (min_image_size).
+    low_res_fraction: float = 0.0
     # Image models divide each crop by its own border background first: the core's sessions are lit
     # differently from the reference set's (see ImageNorm). False reproduces the study's plain normalisation.
     flat_field: bool = True
@@ -165,6 +168,9 @@ class EmbedConfig(TrainConfig):
     # Held out in turn when the labelled data has every one of them; else every class but the largest (the one a
     # new type is least like a minority of). A class with too few test particles is skipped (stages.loco.plan_holdouts).
     holdout_classes: tuple[str, ...] = ("corylus", "grim", "dust")
+    # Each fold's CNN and autoencoder learn from this share of every other class's training particles (stratified):
+    # a fold must tell the held-out class apart, not reach top accuracy. Its particles are all still embedded.
+    loco_train_fraction: float = 1.0
     min_cluster_size: int = 20
     ae_latent: int = 64  # which autoencoder of notebook 03 gives the AE space
     cluster_space: str = "meta"  # cnn | ae | meta: the space the core is clustered in
@@ -211,9 +217,12 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "demo": {
         "StageConfig": {"image_size": 64},
-        "TrainConfig": {"epochs": 12, "batch_size": 128},
+        # Half the CNN epochs at 32 px (measured: bench/time_to_accuracy.py, docs/measurements.md).
+        "TrainConfig": {"epochs": 10, "batch_size": 128, "low_res_fraction": 0.5},
         "MetadataConfig": {"search_iterations": 6, "epochs": 60},
-        "EmbedConfig": {"epochs": 6},  # leave-one-class-out retrains the CNN once per held-out class
+        "AEConfig": {"epochs": 8},
+        # Leave-one-class-out retrains the CNN and the AE once per held-out class: half the data, a shorter schedule.
+        "EmbedConfig": {"epochs": 6, "loco_train_fraction": 0.5},
     },
     "full": {
         "StageConfig": {"bootstrap": 1000},

@@ -109,6 +109,7 @@ def _texts(notebook: Path) -> str:
     return "\n".join(texts)
 
 
+@pytest.mark.slow
 def test_every_notebook_runs_on_a_train_only_dataset_with_three_classes(lab_manifest: Path, tmp_path: Path) -> None:
     overrides = {"manifest": str(lab_manifest), "cache_dir": str(lab_manifest.parent / "cache"),
                  "variants": ["image"], "latent_dims": [32], "ae_latent": 32}

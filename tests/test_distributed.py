@@ -152,6 +152,7 @@ def _spawn_two_ranks(out: Path) -> None:
                 process.join()
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_train_exactly_like_one_process(tmp_path):
     _spawn_two_ranks(tmp_path)
     single, single_seen = _train_both(tmp_path / "single")

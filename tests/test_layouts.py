@@ -250,6 +250,7 @@ def test_check_takes_a_path_and_saves_its_report(tmp_path: Path, capsys: pytest.
     assert (saved / "train.json").is_file()
 
 
+@pytest.mark.slow
 @needs_realdata
 def test_notebook_00_reports_each_runs_particles_per_ml_as_its_run_summary(tmp_path: Path) -> None:
     """`icecore run --data RAW --only 00` on a real run: per-run particles per ml = Particle Count / Fluid Volume Imaged."""

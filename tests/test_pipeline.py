@@ -22,6 +22,7 @@ def test_notebooks_are_ordered_and_selectable():
     assert [p.stem for p in notebook_paths(only=["00"])] == ["00_data_overview"]
 
 
+@pytest.mark.slow
 def test_run_writes_a_complete_fresh_run_directory(tmp_path):
     run_dir, results = run_notebooks("ci", only=["00"], runs_root=tmp_path, name="t", overrides={"bootstrap": 7},
                                      progress=False)

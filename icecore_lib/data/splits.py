@@ -143,3 +143,18 @@ def split_ids(table: pd.DataFrame, split: str) -> pd.Index:
     if not len(ids):
         raise ValueError(f"the {split!r} split is empty; check val_fraction/test_fraction")
     return ids
+
+
+def stratified_subset(rows: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded share of ``rows`` taken class by class (``labels`` aligned with ``rows``; at least one row of each
+    class), sorted; all of them when ``fraction`` is 1. Cheaper models that must still see every class."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return np.sort(rows)
+    keep = []
+    for label in np.unique(labels):
+        members = rows[labels == label]
+        n = max(1, round(len(members) * fraction))
+        keep.append(members[_class_rng(seed, str(label)).permutation(len(members))[:n]])
+    return np.sort(np.concatenate(keep))

@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..files import atomic_path
 from ..frames import ArrayOrFrame, as_matrix, check_n_features, embedding_frame
+from ..numba_cache import umap_module
 
 
 class UMAPReducer(TransformerMixin, BaseEstimator):
@@ -49,11 +50,9 @@ class UMAPReducer(TransformerMixin, BaseEstimator):
 
     def _fit_matrix(self, values: np.ndarray) -> UMAPReducer:
         """Fit umap-learn on a checked matrix."""
-        import umap
-
         if values.shape[0] <= self.n_neighbors:
             raise ValueError(f"X has {values.shape[0]} rows; UMAP needs more than n_neighbors={self.n_neighbors}")
-        self.umap_ = umap.UMAP(
+        self.umap_ = umap_module().UMAP(
             n_neighbors=self.n_neighbors,
             min_dist=self.min_dist,
             metric=self.metric,

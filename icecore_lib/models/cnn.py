@@ -10,9 +10,9 @@ The image normalisation (training mean/std) lives in the model's buffers, so a s
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
+from ..nn.conv import use_matmul_grads
 from ..nn.layers import STUDY_IMAGE_MEAN, STUDY_IMAGE_STD, ImageNorm
 from .mlp import EMBED_DIM, EmbeddingClassifier, dense_stack
 
@@ -24,6 +24,8 @@ TRUNK_DIM = 512
 
 class ParticleCNN(EmbeddingClassifier):
     """ResNet18 (1-channel input) -> 64 [+ metadata 128 -> 64 -> 32] -> 40 -> classes."""
+
+    min_image_size = MIN_IMAGE_SIZE  # any square size from here up (global pooling): progressive resizing may halve it
 
     def __init__(
         self,
@@ -71,7 +73,10 @@ class ParticleCNN(EmbeddingClassifier):
 
 
 def resnet18_trunk(weights: str, in_channels: int) -> nn.Module:
-    """torchvision's ResNet18 without its classifier (512 outputs), its first conv taking ``in_channels``."""
+    """torchvision's ResNet18 without its classifier (512 outputs), its first conv taking ``in_channels``; its
+    convolutions take the fast CPU weight gradient (``nn.conv``; same weights, same state dict)."""
+    import torchvision  # here, not at the top: its import costs ~3 s (torch._dynamo), and most notebooks build no CNN
+
     trunk = torchvision.models.resnet18(weights=None)
     if weights == "imagenet":
         trunk.load_state_dict(imagenet_state_dict())
@@ -81,11 +86,13 @@ def resnet18_trunk(weights: str, in_channels: int) -> nn.Module:
         with torch.no_grad():
             trunk.conv1.weight.copy_(adapt_conv1(rgb_weight, in_channels))
     trunk.fc = nn.Identity()
-    return trunk
+    return use_matmul_grads(trunk)
 
 
 def imagenet_state_dict() -> dict[str, torch.Tensor]:
     """torchvision's ImageNet ResNet18 weights (download once, hash-checked, loaded weights-only)."""
+    import torchvision
+
     try:
         return torchvision.models.ResNet18_Weights.IMAGENET1K_V1.get_state_dict(
             progress=True, check_hash=True, weights_only=True

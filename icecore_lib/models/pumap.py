@@ -29,6 +29,7 @@ from tqdm.auto import trange
 from ..files import atomic_path
 from ..frames import ArrayOrFrame, as_matrix, check_n_features, embedding_frame
 from ..nn.device import resolve_device
+from ..numba_cache import umap_module
 
 _METADATA_KEY = "icecore_parametric_umap"
 _FORMAT_VERSION = 1
@@ -76,10 +77,8 @@ class UMAPGraph:
 
 def umap_graph(X: np.ndarray, n_neighbors: int, metric: str = "euclidean", seed: int = 0) -> UMAPGraph:
     """The fuzzy simplicial set of ``X`` from umap-learn, on seeded nearest neighbours."""
-    from umap.umap_ import fuzzy_simplicial_set
-
     knn_idx, knn_dist = nearest_neighbours(X, n_neighbors, metric, seed)
-    graph, _, _ = fuzzy_simplicial_set(
+    graph, _, _ = umap_module().umap_.fuzzy_simplicial_set(
         X, n_neighbors, np.random.RandomState(seed), metric, knn_indices=knn_idx, knn_dists=knn_dist
     )
     graph = graph.tocoo()
@@ -93,9 +92,7 @@ def nearest_neighbours(X: np.ndarray, k: int, metric: str, seed: int) -> tuple[n
     if len(X) < _EXACT_KNN_BELOW:
         dist, idx = NearestNeighbors(n_neighbors=k, metric=metric).fit(X).kneighbors(X)
         return idx.astype(np.int32), dist.astype(np.float32)
-    from umap.umap_ import nearest_neighbors
-
-    idx, dist, _ = nearest_neighbors(X, k, metric, {}, False, np.random.RandomState(seed), n_jobs=1)
+    idx, dist, _ = umap_module().umap_.nearest_neighbors(X, k, metric, {}, False, np.random.RandomState(seed), n_jobs=1)
     return idx, dist
 
 
@@ -172,15 +169,13 @@ class ParametricUMAP(TransformerMixin, BaseEstimator):
 
     def fit(self, X: ArrayOrFrame, y: Any = None) -> ParametricUMAP:
         """Build UMAP's graph on ``X`` and train the encoder on it (``edges_per_epoch`` None = graph's edge count)."""
-        from umap.umap_ import find_ab_params
-
         values, _ = as_matrix(X)
         if values.shape[0] <= self.n_neighbors:
             raise ValueError(f"X has {values.shape[0]} rows; UMAP needs more than n_neighbors={self.n_neighbors}")
         if min(self.epochs, self.batch_size, self.negative_sample_rate) < 1:
             raise ValueError("epochs, batch_size and negative_sample_rate must be at least 1")
         graph = umap_graph(values, self.n_neighbors, self.metric, self.random_state)
-        a, b = find_ab_params(self.spread, self.min_dist)
+        a, b = umap_module().umap_.find_ab_params(self.spread, self.min_dist)
         self.a_, self.b_ = float(a), float(b)
         self.n_features_in_ = values.shape[1]
         self.encoder_ = self._new_encoder()

@@ -229,7 +229,8 @@ def _scheduler(
 
 def _fingerprint(loop: _Loop, steps_per_epoch: int) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed (a change here would change the result)."""
-    keys = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "label_smoothing", "seed", "augment")
+    keys = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "label_smoothing", "seed", "augment",
+            "low_res_fraction")
     return {
         "model": type(loop.model).__name__,
         "task": loop.task,
@@ -274,6 +275,8 @@ def _pass(loop: _Loop, batches: BatchSource, epoch: int, *, train: bool) -> dict
             if train and loop.cfg.augment and "image" in batch:
                 batch["image"] = augment(batch["image"], generator, blur=loop.cfg.augment_blur,
                                          noise=loop.cfg.augment_noise)
+            if train and "image" in batch and at_low_res(loop.model, loop.cfg, epoch, batch["image"].shape[-1]):
+                batch["image"] = F.avg_pool2d(batch["image"], 2)
             with _autocast(loop.device):
                 losses, correct = module(_prepare(batch, loop.device))
             if train:
@@ -286,6 +289,13 @@ def _pass(loop: _Loop, batches: BatchSource, epoch: int, *, train: bool) -> dict
     sums = all_reduce_sum(torch.tensor([*totals.tolist(), n], dtype=torch.float64))
     loss_sum, n_correct, n = sums.tolist()
     return {"loss": loss_sum / n, "acc": n_correct / n, "n": n, "seconds": time.perf_counter() - start}
+
+
+def at_low_res(model: nn.Module, cfg: TrainConfig, epoch: int, size: int) -> bool:
+    """Whether a training epoch sees its ``size``-px images at half size: among the first ``cfg.low_res_fraction``
+    of the epochs, for a model that takes any image size down to its ``min_image_size`` (ParticleCNN, not the AE)."""
+    floor = getattr(model, "min_image_size", 0)
+    return epoch <= round(cfg.low_res_fraction * cfg.epochs) and floor > 0 and size // 2 >= floor
 
 
 def _stream_seed(loop: _Loop, epoch: int, stream: int) -> int:

@@ -79,7 +79,8 @@ def feature_distributions(
     for ax in axes[len(features):]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    # Fixed margins: tight_layout measures all 36 panels' tick labels (~4 s on 2 cores) for the same result.
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.03, top=0.98, wspace=0.28, hspace=0.6)
     return save(fig, path)
 
 

@@ -83,13 +83,15 @@ class HoldoutRun:
 
 def train_without(bundle: DatasetBundle, cfg: EmbedConfig, holdout: str, run: Run, *,
                   progress: bool = True) -> HoldoutRun:
-    """Train the image CNN and the autoencoder on the other classes (same loop, same settings)."""
+    """Train the image CNN and the autoencoder on ``cfg.loco_train_fraction`` of the other classes (same loop)."""
     if holdout not in set(bundle.train.table[LABEL]):
         raise ValueError(f"holdout class {holdout!r} is not in the labelled data; classes: {sorted(bundle.classes)}")
+    share = cfg.loco_train_fraction
     cnn = fit_torch_classifier(bundle, cfg, "image", run.file("model", model=f"loco_{holdout}/cnn"),
-                                        exclude=(holdout,), name=f"loco_{holdout}_cnn", progress=progress)
+                               exclude=(holdout,), name=f"loco_{holdout}_cnn", progress=progress, train_fraction=share)
     _, ae = fit_autoencoder(bundle, cfg, cfg.ae_latent, run.file("model", model=f"loco_{holdout}/ae"),
-                                       exclude=(holdout,), name=f"loco_{holdout}_ae{cfg.ae_latent}", progress=progress)
+                            exclude=(holdout,), name=f"loco_{holdout}_ae{cfg.ae_latent}", progress=progress,
+                            train_fraction=share)
     return HoldoutRun(holdout, cnn, ae)
 
 

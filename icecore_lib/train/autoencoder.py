@@ -16,6 +16,7 @@ import torch
 
 from ..config import TrainConfig
 from ..data.dataset import DatasetBundle
+from ..data.splits import stratified_subset
 from ..models.autoencoder import ConvAutoencoder
 from ..nn.batches import batch_options, choose_batches
 from ..nn.device import seed_everything
@@ -67,10 +68,15 @@ def training_rows(bundle: DatasetBundle, train_on: str, exclude: tuple[str, ...]
 
 
 def fit_autoencoder(bundle: DatasetBundle, cfg: TrainConfig, latent_dim: int, out_dir: Path, *,
-                    train_on: str = "train", exclude: tuple[str, ...] = (), name: str = "", progress: bool = True
-                    ) -> tuple[ConvAutoencoder, AEOutputs]:
-    """Train one autoencoder and score every particle of the labelled part and the core."""
+                    train_on: str = "train", exclude: tuple[str, ...] = (), name: str = "", progress: bool = True,
+                    train_fraction: float = 1.0) -> tuple[ConvAutoencoder, AEOutputs]:
+    """Train one autoencoder and score every particle of the labelled part and the core.
+
+    ``train_fraction``: the share of the training rows it learns from (by class on the labelled part, seeded).
+    """
     part, train_rows, val_rows = training_rows(bundle, train_on, exclude, cfg.seed)
+    strata = bundle.train.table[LABEL].to_numpy()[train_rows] if part == "train" else np.zeros(len(train_rows))
+    train_rows = stratified_subset(train_rows, strata, train_fraction, cfg.seed)
     images = bundle.parts()[part].images
     common = batch_options(cfg, progress)
     seed_everything(cfg.seed)  # the initial weights too: torch seeds itself at random when a kernel starts

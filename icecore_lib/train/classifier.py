@@ -18,7 +18,7 @@ from scipy.special import softmax
 
 from ..config import MetadataConfig, TrainConfig
 from ..data.dataset import DatasetBundle
-from ..data.splits import split_ids
+from ..data.splits import split_ids, stratified_subset
 from ..evaluate import evaluate, label_codes
 from ..files import atomic_write_json
 from ..models.bdt import BDTClassifier, search
@@ -97,11 +97,12 @@ def build_torch_classifier(kind: str, n_classes: int, cfg: TrainConfig) -> Any:
 
 def fit_torch_classifier(
     bundle: DatasetBundle, cfg: TrainConfig, kind: str, out_dir: Path, *, exclude: tuple[str, ...] = (),
-    name: str = "", progress: bool = True,
+    name: str = "", progress: bool = True, train_fraction: float = 1.0,
 ) -> ClassifierOutputs:
     """Train one torch classifier on the train split (early stopping on val) and predict every particle.
 
     ``exclude``: classes left out of training (leave-one-class-out); their particles are still predicted.
+    ``train_fraction``: the share of each class's training rows it learns from (stratified, seeded).
     """
     table = bundle.train.table
     classes = class_keys(bundle, exclude)
@@ -112,6 +113,7 @@ def fit_torch_classifier(
     labels = np.full(len(table), -1, dtype=np.int64)
     labels[known] = label_codes(table.loc[known, LABEL], classes)
     rows = {s: np.flatnonzero((table[SPLIT] == s).to_numpy() & known) for s in ("train", "val")}
+    rows["train"] = stratified_subset(rows["train"], labels[rows["train"]], train_fraction, cfg.seed)
     common = batch_options(cfg, progress)
     train_b = choose_batches(images, rows["train"], labels, features, shuffle=True, **common)
     val_b = choose_batches(images, rows["val"], labels, features, shuffle=False, **common)
