@@ -48,7 +48,7 @@ SCHEDULES = ("onecycle", "cosine")
 HISTORY_FILE = "history.csv"
 BEST_FILE = "best.safetensors"
 LAST_FILE = "last.safetensors"
-_HISTORY_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s")
+_HISTORY_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s", "image_scale")
 # Offsets that keep the seeds of an epoch's augmentation, of its dropout under DDP, and of each rank apart.
 _AUGMENT_STREAM = 7919
 _DROPOUT_STREAM = 104_729
@@ -77,9 +77,12 @@ class _LoopState:
     rows: list[dict[str, float]] = field(default_factory=list)
 
     def record(self, row: dict[str, float], patience: int) -> bool:
-        """Add an epoch's metrics; update early stopping; True when this epoch is the best so far."""
+        """Add an epoch's metrics; update early stopping; True when this epoch is the best so far. A half-size
+        epoch of progressive resizing is recorded but never the best: the model is kept and used at full size."""
         self.epoch = int(row["epoch"])
         self.rows.append(row)
+        if row.get("image_scale", 1.0) < 1:
+            return False
         loss = row.get("val_loss", row["train_loss"])
         improved = loss < self.best_loss
         if improved:
@@ -251,7 +254,8 @@ def _epoch_row(loop: _Loop, train_batches: BatchSource, val_batches: BatchSource
     if loop.task != "classify":
         row = {k: v for k, v in row.items() if not k.endswith("_acc")}
     lr = loop.optimizer.param_groups[0]["lr"]
-    return row | {"lr": lr, "seconds": train["seconds"], "images_per_s": train["n"] / train["seconds"]}
+    return row | {"lr": lr, "seconds": train["seconds"], "images_per_s": train["n"] / train["seconds"],
+                  "image_scale": train["scale"]}
 
 
 def _pass(loop: _Loop, batches: BatchSource, epoch: int, *, train: bool) -> dict[str, float]:
@@ -267,7 +271,7 @@ def _pass(loop: _Loop, batches: BatchSource, epoch: int, *, train: bool) -> dict
     generator = torch.Generator(device=loop.device).manual_seed(_stream_seed(loop, epoch, _AUGMENT_STREAM))
     if train and loop.world > 1:
         torch.manual_seed(_stream_seed(loop, epoch, _DROPOUT_STREAM))  # each rank its own dropout, resumable
-    totals, n = torch.zeros(2, device=loop.device), 0
+    totals, n, low_res = torch.zeros(2, device=loop.device), 0, False
     start = time.perf_counter()
     desc = f"epoch {epoch}" if train else "validate"
     with torch.set_grad_enabled(train):
@@ -275,8 +279,9 @@ def _pass(loop: _Loop, batches: BatchSource, epoch: int, *, train: bool) -> dict
             if train and loop.cfg.augment and "image" in batch:
                 batch["image"] = augment(batch["image"], generator, blur=loop.cfg.augment_blur,
                                          noise=loop.cfg.augment_noise)
-            if train and "image" in batch and at_low_res(loop.model, loop.cfg, epoch, batch["image"].shape[-1]):
-                batch["image"] = F.avg_pool2d(batch["image"], 2)
+            if "image" in batch and at_low_res(loop.model, loop.cfg, epoch, batch["image"].shape[-1]):
+                batch["image"] = F.avg_pool2d(batch["image"], 2)  # validated at the size it trains on, too
+                low_res = True
             with _autocast(loop.device):
                 losses, correct = module(_prepare(batch, loop.device))
             if train:
@@ -288,14 +293,17 @@ def _pass(loop: _Loop, batches: BatchSource, epoch: int, *, train: bool) -> dict
             n += len(losses)
     sums = all_reduce_sum(torch.tensor([*totals.tolist(), n], dtype=torch.float64))
     loss_sum, n_correct, n = sums.tolist()
-    return {"loss": loss_sum / n, "acc": n_correct / n, "n": n, "seconds": time.perf_counter() - start}
+    return {"loss": loss_sum / n, "acc": n_correct / n, "n": n, "seconds": time.perf_counter() - start,
+            "scale": 0.5 if low_res else 1.0}
 
 
 def at_low_res(model: nn.Module, cfg: TrainConfig, epoch: int, size: int) -> bool:
-    """Whether a training epoch sees its ``size``-px images at half size: among the first ``cfg.low_res_fraction``
-    of the epochs, for a model that takes any image size down to its ``min_image_size`` (ParticleCNN, not the AE)."""
+    """Whether an epoch sees its ``size``-px images at half size: among the first ``cfg.low_res_fraction`` of the
+    epochs (never the last), for a model that takes any image size down to its ``min_image_size`` (ParticleCNN,
+    not the autoencoder)."""
     floor = getattr(model, "min_image_size", 0)
-    return epoch <= round(cfg.low_res_fraction * cfg.epochs) and floor > 0 and size // 2 >= floor
+    low_epochs = min(round(cfg.low_res_fraction * cfg.epochs), cfg.epochs - 1)
+    return epoch <= low_epochs and floor > 0 and size // 2 >= floor
 
 
 def _stream_seed(loop: _Loop, epoch: int, stream: int) -> int:

@@ -24,6 +24,7 @@ from ..data.dataset import DatasetBundle, load_dataset
 from ..schema import DEPTH, LABEL, SAMPLE, SESSION, VOLUME
 from .artifacts import Run
 from .colab import prepare
+from .reference import check_key_numbers
 from .rundir import continue_run, record_stage, start_run
 
 C = TypeVar("C", bound=StageConfig)
@@ -149,6 +150,10 @@ class Stage(Generic[C]):
     def figure(self, filename: str) -> Path:
         """Where one of this notebook's figures is saved."""
         return self.run.figure(filename)
+
+    def check_key_numbers(self) -> pd.DataFrame | str:
+        """This notebook's key numbers against the synthetic twin's reference ranges (fails when one is out)."""
+        return check_key_numbers(self.run, self.name, self.cfg)
 
 
 def open_stage(stage: str, profile: str = "ci", *, run_dir: str = "", dataset: str = "",
