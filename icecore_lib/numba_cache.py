@@ -2,7 +2,7 @@
 
 umap-learn jit-compiles its nearest-neighbour, smoothing and layout kernels without numba's on-disk cache, so
 every fresh process (each notebook's kernel, each test run) spent ~25 s compiling them again (measured on 2
-cores: ``bench/numba_cache.py``). :func:`umap_module` turns numba's cache on for them; the compiled code goes
+cores: docs/measurements.md). :func:`umap_module` turns numba's cache on for them; the compiled code goes
 to ``$NUMBA_CACHE_DIR`` when set, else to ``<icecore cache>/numba`` (numba keys each entry by the source file's
 timestamp and the CPU, so a changed umap-learn or another machine compiles afresh).
 """

@@ -1,10 +1,9 @@
 """A Conv2d whose weight gradient is one matrix product where oneDNN's own is slow on CPU.
 
-On a CPU without AVX-512 (the 2-core machines a lab's laptop or CI has), oneDNN's weight gradient for two
-of ResNet18's convolutions costs 4-12x its forward: the 1-channel 7x7 stem, and the 3x3 convolutions whose
-output is 2x2 or 1x1 (layer4 at 32-64 px inputs). Unfolding the input and multiplying by the output gradient
-gives the same gradient in a fraction of the time (``bench/conv_grad.py`` prints both per layer and the whole
-training step; ResNet18 at 64 px trains ~1.4x faster). The forward pass and the input gradient stay oneDNN's;
+On a CPU without AVX-512 (the 2-core machines a lab's laptop or CI has), oneDNN's weight gradient of ResNet18's
+3x3 convolutions whose output is 2x2 or 1x1 (layer3-4 at 32-64 px inputs) is 3-10x slower than unfolding the
+input and multiplying it by the output gradient, and of the 1-channel 7x7 stem up to 1.3x (``bench/conv_grad.py``
+prints both per layer and the whole training step: 1.10x faster at 64 px, 1.84x at 32 px). The forward pass and the input gradient stay oneDNN's;
 on CUDA nothing changes. The module's parameters and state dict are those of ``nn.Conv2d``.
 """
 
@@ -21,8 +20,10 @@ MATMUL_GRAD_MAX_OUTPUT = 4
 
 
 def matmul_grad_pays(x: torch.Tensor, conv: nn.Conv2d) -> bool:
-    """Whether this convolution's weight gradient is faster as unfold + matmul (CPU, ungrouped, stem or tiny maps)."""
-    if x.device.type != "cpu" or conv.groups != 1 or not torch.is_grad_enabled() or not conv.weight.requires_grad:
+    """Whether this convolution's weight gradient is faster as unfold + matmul (CPU, ungrouped, zero-padded by
+    numbers, and the stem or a tiny output map)."""
+    if (x.device.type != "cpu" or conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
+            or not torch.is_grad_enabled() or not conv.weight.requires_grad):
         return False
     out_h, out_w = (_out_size(x.shape[-2 + i], conv, i) for i in range(2))
     return conv.in_channels == 1 or out_h * out_w <= MATMUL_GRAD_MAX_OUTPUT
@@ -68,7 +69,7 @@ class MatmulGradConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution; its backward pass is the fast one on CPU where :func:`matmul_grad_pays`."""
-        if self.padding_mode != "zeros" or isinstance(self.padding, str) or not matmul_grad_pays(x, self):
+        if not matmul_grad_pays(x, self):
             return super().forward(x)
         return _MatmulWeightGrad.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
