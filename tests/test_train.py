@@ -195,3 +195,10 @@ def test_training_figures(tmp_path):
     assert len(grid.axes) == 8
     with pytest.raises(ValueError, match="differ in shape"):
         reconstruction_grid(images, images[:3])
+
+
+def test_learning_curves_shade_half_size_epochs_and_never_call_one_best():
+    frame = pd.DataFrame({"train_loss": [1.0, 0.5, 0.6, 0.55], "val_loss": [0.2, 0.3, 0.9, 0.7],
+                          "image_scale": [0.5, 0.5, 1.0, 1.0]}, index=pd.Index([1, 2, 3, 4], name="epoch"))
+    labels = [t.get_text() for t in learning_curves(frame).axes[0].get_legend().get_texts()]
+    assert "best epoch 4" in labels and "images at half size" in labels

@@ -14,10 +14,12 @@ from .common import save
 
 
 def learning_curves(history: History | pd.DataFrame | Path | str, path: Path | str | None = None) -> Figure:
-    """Loss (and accuracy, when classifying) per epoch, train vs validation, the best epoch marked."""
+    """Loss (and accuracy, when classifying) per epoch, train vs validation, the best epoch marked and the half-size
+    epochs of progressive resizing shaded (they are never the kept model: see ``nn.loop``)."""
     frame = _history_frame(history)
     metrics = ["loss"] + (["acc"] if "train_acc" in frame.columns else [])
-    monitor = frame["val_loss"] if "val_loss" in frame.columns else frame["train_loss"]
+    half = frame.index[frame["image_scale"] < 1] if "image_scale" in frame.columns else frame.index[:0]
+    monitor = (frame["val_loss"] if "val_loss" in frame.columns else frame["train_loss"]).drop(half)
     best = int(monitor.idxmin())
     fig = Figure(figsize=(4.8 * len(metrics), 3.6), layout="constrained")
     for ax, metric in zip(fig.subplots(1, len(metrics), squeeze=False)[0], metrics, strict=True):
@@ -26,6 +28,8 @@ def learning_curves(history: History | pd.DataFrame | Path | str, path: Path | s
             if column in frame.columns:
                 ax.plot(frame.index, frame[column], style, marker="o", markersize=3, label=split)
         ax.axvline(best, color="0.5", linestyle=":", label=f"best epoch {best}")
+        if len(half):
+            ax.axvspan(half.min() - 0.5, half.max() + 0.5, color="0.9", zorder=0, label="images at half size")
         ax.set_xlabel("epoch")
         ax.set_ylabel({"loss": "loss", "acc": "accuracy"}[metric])
         ax.legend(frameon=False)

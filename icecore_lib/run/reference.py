@@ -41,6 +41,16 @@ REFERENCE: dict[str, dict[str, dict[str, Range]]] = {
         "05_discovery": {"05_discovery:loco_mean.combined_rank.auroc": (0.65, 0.87),
                          "05_discovery:core_flagged_unknown_fraction": (0.10, 0.30)},
     },
+    # demo: the conclusions (measured 2026-12-02 on 2 cores: BDT 0.894, image CNN 0.937, ECE 1.0% after scaling,
+    # composition error CC 0.0063 / ACC 0.0039 / EM 0.0055, planted diatoms 0.967 in the top 2n).
+    "demo": {
+        "01_metadata": {"01_metadata:bdt.accuracy": (0.85, 0.95)},
+        "02_cnn": {"02_cnn:image.accuracy - 01_metadata:bdt.accuracy": (0.03, 1.0),
+                   "02_cnn:calibration.ece_after": (0.0, 0.03),
+                   "02_cnn:composition_mae.cc_abs_error - 02_cnn:composition_mae.acc_abs_error": (0.0, 1.0),
+                   "02_cnn:composition_mae.cc_abs_error - 02_cnn:composition_mae.em_abs_error": (0.0, 1.0)},
+        "05_discovery": {"05_discovery:new_class.combined_rank.recall@2n": (0.8, 1.0)},
+    },
 }
 
 
