@@ -1,4 +1,4 @@
-"""The ``icecore`` console command: synth, import, check, pack, run, report."""
+"""The ``icecore`` console command: synth, import, check, pack, run, apply, report."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .data.dataset import check_dataset, is_path, load_dataset, open_dataset
 from .data.layouts import import_path
 from .data.register import register_import
 from .files import atomic_write_text
-from .run.pipeline import RunInterrupted, resume_run, run_notebooks
+from .run.pipeline import RunInterrupted, apply_run, resume_run, run_notebooks
 from .run.report import write_report
 from .synth.dataset import generate
 
@@ -111,6 +111,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Classify a new core with a finished run's models (nothing retrained) into a fresh run directory."""
+    try:
+        run_dir, results = apply_run(args.run_dir, dataset=_run_dataset(args), name=args.name,
+                                     runs_root=Path(args.runs_root) if args.runs_root else None,
+                                     overrides=_run_overrides(args), progress=not args.quiet)
+    except RunInterrupted as stop:
+        print(f"icecore apply: {stop}", file=sys.stderr)
+        return 130 if isinstance(stop.cause, KeyboardInterrupt) else 1
+    for r in results:
+        print(f"{r.name}: {r.seconds:.1f} s -> {r.output}")
+    print(f"run directory: {run_dir}")
+    return 0
+
+
 def _run_dataset(args: argparse.Namespace) -> str:
     """``--data PATH`` (imported now, so a bad folder fails before any notebook) or ``--dataset NAME``."""
     if args.data and args.dataset:
@@ -196,6 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default="", metavar="RUN_DIR",
                    help="continue a run that stopped, from its first unfinished notebook (same parameters)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("apply", help="classify a new core with a finished run's models (nothing retrained)")
+    p.add_argument("run_dir", help="a finished run directory with a model card (notebooks 00-02 at least)")
+    p.add_argument("--dataset", default="", help="the new core: a manifest entry (default: the profile's synthetic set)")
+    p.add_argument("--data", default="", metavar="PATH", help="the new core: a lab's own folder or CSV")
+    p.add_argument("--manifest", default="", help="manifest file (default: data_manifest.yaml here or above)")
+    p.add_argument("--cache-dir", default="", help="default: $ICECORE_CACHE or ~/.cache/icecore")
+    p.add_argument("--name", default="", help="run directory name (default: timestamp-apply)")
+    p.add_argument("--runs-root", default="", help="default: $ICECORE_RUNS or runs/")
+    p.add_argument("-p", "--param", action="append", type=parse_override, metavar="KEY=VALUE",
+                   help="apply setting override (repeatable), e.g. -p gallery_size=48")
+    p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html: one self-contained page to share a run")
     p.add_argument("run_dir", help="a run directory written by `icecore run` or the notebooks")

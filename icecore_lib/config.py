@@ -196,6 +196,18 @@ class DiscoveryConfig(StageConfig):
     count_as: tuple[str, ...] = ()  # as in CNNConfig: classes counted as another for concentrations
 
 
+@dataclass(frozen=True)
+class ApplyConfig(StageConfig):
+    """``icecore apply`` (notebook apply_to_core): a finished run's models on a new core, nothing retrained.
+
+    The image size, batches and classifier settings are the training run's (recorded in its params/ folder).
+    """
+
+    train_run: str = ""  # the run whose models are applied; empty = the latest run started under the runs folder
+    gallery_size: int = 24
+    warn_red_fraction: float = 0.05  # drift traffic light: red when more of the core lies beyond training's 99th pct
+
+
 # Each notebook's stage (the name its parameters and metrics are recorded under) and its config, in notebook order.
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "00_data_overview": OverviewConfig,
@@ -214,6 +226,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "MetadataConfig": {"n_estimators": 20, "max_depth": 4, "shap_sample": 100, "epochs": 5, "cv_folds": 2},
         "EmbedConfig": {"pumap_epochs": 3, "holdout_classes": ("corylus",), "min_cluster_size": 5},
         "DiscoveryConfig": {"gallery_size": 8, "top_k": (10, 20)},
+        "ApplyConfig": {"gallery_size": 8},
     },
     "demo": {
         "StageConfig": {"image_size": 64},
@@ -295,6 +308,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 __all__ = [
     "AEConfig",
+    "ApplyConfig",
     "CNNConfig",
     "DiscoveryConfig",
     "EmbedConfig",

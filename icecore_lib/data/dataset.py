@@ -1,5 +1,5 @@
 """A dataset ready for the models: a manifest entry (or a lab's folder given by its path) resolved, checked,
-packed and split (:func:`load_dataset`).
+packed and split (:func:`load_dataset`), or its core alone to apply trained models to (:func:`load_core`).
 """
 
 from __future__ import annotations
@@ -94,6 +94,30 @@ def load_dataset(cfg: StageConfig, progress: bool = True, workers: int = 0) -> D
     return DatasetBundle(name=name, train=train, core=packed.get("core"), truth=truth,
                          classes=dataset_classes(manifest, name, cfg.cache_path, progress),
                          preview=preview if preview.is_file() else None)
+
+
+@dataclass(frozen=True)
+class CoreData:
+    """A dataset's core alone, packed: what trained models are applied to (``icecore apply``)."""
+
+    name: str
+    core: Packed
+    truth: pd.Series | None  # the core's true classes where known (synthetic data); for evaluation only
+    classes: dict[str, str]  # the class keys and names the dataset declares
+
+
+def load_core(cfg: StageConfig, progress: bool = True, workers: int = 0) -> CoreData:
+    """Resolve, check and pack the core part of ``cfg.dataset_name`` only (a labelled part, if any, is not read)."""
+    manifest, name, _ = open_dataset(cfg, progress)
+    parts = resolve_parts(manifest, name, cfg.cache_path, progress=progress)
+    if "core" not in parts:
+        raise ManifestError(f"dataset {name!r} has no core part (unlabelled particles) to apply the models to; it "
+                            f"has: {', '.join(parts)}. Give a FlowCam run folder, a folder of crops or a CSV "
+                            "without a label column")
+    core = pack_part(parts["core"], cfg.image_size, cfg.cache_path, skip_bad=cfg.skip_bad, workers=workers,
+                     progress=progress)
+    truth = read_table(parts["truth"])[LABEL] if "truth" in parts else None
+    return CoreData(name, core, truth, dataset_classes(manifest, name, cfg.cache_path, progress))
 
 
 def classes_of(cfg: StageConfig, progress: bool = False) -> dict[str, str]:

@@ -23,6 +23,7 @@ from ..files import atomic_write_json, atomic_write_table, jsonable
 PARTS = ("labelled", "core")
 NOTEBOOKS = ("00_data_overview", "01_metadata_bdt", "02_cnn_classifier", "03_autoencoder", "04_umap_clustering",
              "05_outlier_gallery")
+APPLY_NOTEBOOK = "apply_to_core"  # outside the ordered run: applies a finished run's models to a new core
 
 
 class MissingArtifact(FileNotFoundError):
@@ -84,12 +85,28 @@ ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
     Artifact("loco_novelty", "tables/05_loco_novelty.parquet", NOTEBOOKS[5],
              "each novelty score's AUROC, FPR95 and recall on the leave-one-class-out folds"),
     Artifact("review", "review.csv", NOTEBOOKS[5], "decisions taken in the explorer (appended)"),
+    Artifact("reference_particles", "tables/02_reference_particles.parquet", NOTEBOOKS[2],
+             "label, split and features of every labelled particle: what `icecore apply` compares a new core with"),
+    Artifact("applied_predictions", "tables/apply_core_predictions.parquet", APPLY_NOTEBOOK,
+             "per particle of a new core: calibrated probabilities, predicted class, unassigned, novelty, unknown flag"),
+    Artifact("applied_predictions_csv", "tables/apply_core_predictions.csv", APPLY_NOTEBOOK,
+             "the new core's predictions without the embedding, for a spreadsheet"),
+    Artifact("applied_composition", "tables/apply_composition.csv", APPLY_NOTEBOOK,
+             "the new core's composition by each method (cc, acc, em) with bootstrap intervals"),
+    Artifact("applied_sample_composition", "tables/apply_sample_composition.csv", APPLY_NOTEBOOK,
+             "EM-adjusted composition per sample (and depth) of the new core"),
+    Artifact("applied_concentrations", "tables/apply_concentrations.csv", APPLY_NOTEBOOK,
+             "particles per ml per sample and predicted class of the new core, with intervals"),
+    Artifact("applied_drift", "tables/apply_feature_drift.csv", APPLY_NOTEBOOK,
+             "per feature: KS, SMD and PSI of the new core against the training particles"),
+    Artifact("applied_drift_by_sample", "tables/apply_drift_by_sample.csv", APPLY_NOTEBOOK,
+             "per sample: the share of particles in each traffic light (CNN-space distance to training)"),
 )}
 
 # metrics.json sections, each written by one notebook.
 SECTIONS: dict[str, str] = {
     "data": NOTEBOOKS[0], "01_metadata": NOTEBOOKS[1], "02_cnn": NOTEBOOKS[2], "03_autoencoder": NOTEBOOKS[3],
-    "04_umap": NOTEBOOKS[4], "05_discovery": NOTEBOOKS[5], "pipeline": "icecore run",
+    "04_umap": NOTEBOOKS[4], "05_discovery": NOTEBOOKS[5], "apply": APPLY_NOTEBOOK, "pipeline": "icecore run",
 }
 
 

@@ -1,8 +1,10 @@
-"""The main job: execute the ordered notebooks with papermill into one fresh run directory; resume one that stopped."""
+"""The main job: execute the ordered notebooks with papermill into one fresh run directory; resume one that stopped;
+apply a finished run's models to a new core (the apply notebook, into a run directory of its own)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +14,12 @@ import papermill as pm
 import yaml
 from tqdm.auto import tqdm
 
-from ..config import PROFILE_NAMES, StageConfig, check_overrides, stage_config
-from ..data.dataset import open_dataset
+from ..config import PROFILE_NAMES, ApplyConfig, StageConfig, check_overrides, stage_config
+from ..data.dataset import load_core, open_dataset
 from ..data.resolve import dataset_classes
 from ..files import atomic_write_json, atomic_write_yaml
-from .artifacts import Run
+from .artifacts import APPLY_NOTEBOOK, Run
+from .card import check_fits, read_model_card
 from .notebook import HOLDOUT_SETTING, check_holdout_classes
 from .report import write_report
 from .rundir import environment_versions, new_run_dir
@@ -87,6 +90,43 @@ def run_notebooks(
     atomic_write_json(run_dir / "environment.json", environment_versions())
     (run_dir / "notebooks").mkdir()
     return run_dir, _execute(Run(run_dir), paths, parameters, progress)
+
+
+def apply_run(
+    train_run: Path | str,
+    *,
+    dataset: str = "",
+    name: str = "",
+    runs_root: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+    progress: bool = True,
+) -> tuple[Path, list[NotebookResult]]:
+    """Apply a finished run's models to a new core: a fresh run directory, the apply notebook executed, report.html.
+
+    The card and the new data are checked first (a dataset the models do not fit is refused before anything is
+    written); the training run's profile gives the stage's defaults.
+    """
+    unknown = sorted(set(overrides or {}) - {f.name for f in dataclasses.fields(ApplyConfig)})
+    if unknown:
+        raise ValueError(f"apply has no setting(s) {unknown}; known: {sorted(f.name for f in dataclasses.fields(ApplyConfig))}")
+    train = Path(train_run).expanduser().resolve()
+    card = read_model_card(train)
+    profile = yaml.safe_load((train / "params" / "02_cnn.yaml").read_text())["profile"]
+    cfg = stage_config(ApplyConfig, profile, dataset=dataset, overrides=overrides,
+                       image_size=card["classifier"]["image_size"])
+    with contextlib.chdir(notebooks_dir.parent):
+        data = load_core(cfg, progress=progress)
+    check_fits(card, data.classes, data.core.table, data.name)
+    run_dir = new_run_dir(runs_root or default_runs_root(), name or f"{time.strftime('%Y%m%d-%H%M%S')}-apply")
+    parameters = {"profile": profile, "train_run": str(train), "run_dir": str(run_dir.resolve()), "dataset": dataset,
+                  "overrides": dict(overrides or {})}
+    path = notebooks_dir / f"{APPLY_NOTEBOOK}.ipynb"
+    atomic_write_yaml(run_dir / "params.yaml", {"parameters": parameters, "notebooks": [path.name],
+                                                "notebooks_dir": str(notebooks_dir.resolve())})
+    atomic_write_json(run_dir / "environment.json", environment_versions())
+    (run_dir / "notebooks").mkdir()
+    return run_dir, _execute(Run(run_dir), [path], parameters, progress)
 
 
 def _check_holdouts(profile: str, dataset: str, overrides: dict[str, Any], notebooks_dir: Path) -> None:

@@ -74,8 +74,12 @@ LATEST_POINTER = "LATEST"
 _RUNNER_FILES = frozenset({"params.yaml", "environment.json", "notebooks"})
 
 
-def start_run(run_dir: Path | str = "", name: str = "") -> Run:
-    """Run directory for notebook 00: the given one (fresh or empty), else a new one under runs_root()."""
+def start_run(run_dir: Path | str = "", name: str = "", *, latest: bool = True) -> Run:
+    """Run directory for notebook 00: the given one (fresh or empty), else a new one under runs_root().
+
+    ``latest``: point the runs folder's latest-run pointer at it (what notebooks 01-05 continue without a run_dir);
+    an apply run does not, so the notebooks of a training run never continue it.
+    """
     if run_dir:
         path = Path(run_dir)
         path.mkdir(parents=True, exist_ok=True)
@@ -83,7 +87,8 @@ def start_run(run_dir: Path | str = "", name: str = "") -> Run:
             raise FileExistsError(f"{path} already holds results; run directories are never reused")
     else:
         path = new_run_dir(runs_root(), name or None)
-    atomic_write_text(path.parent / LATEST_POINTER, path.name + "\n")
+    if latest:
+        atomic_write_text(path.parent / LATEST_POINTER, path.name + "\n")
     return Run(path)
 
 

@@ -7,6 +7,7 @@ part, the shortcut audit a session column: each step without what it needs is a 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +32,11 @@ from ..evaluate import (
 )
 from ..plots.classify import plot_composition, plot_composition_depth
 from ..quantify import bootstrap_composition, composition_by_group, composition_error, group_errors
+from ..run.card import write_model_card
 from ..run.notebook import Skipped, Stage, step
 from ..schema import DEPTH, LABEL, SAMPLE, SESSION
 from ..shift.audit import ProbeResult, SplitDrop, domain_drop, session_probe
-from ..train.classifier import EMBED_PREFIX, ClassifierOutputs, evaluate_split, fit_torch_classifier
+from ..train.classifier import EMBED_PREFIX, PREPROCESSING_FILE, ClassifierOutputs, evaluate_split, fit_torch_classifier
 
 PROBA_PREFIX = "p_"  # the calibrated probability columns of the core predictions table
 
@@ -305,7 +307,30 @@ def per_sample_errors(stage: Stage, outputs: ClassifierOutputs, calibration: Cal
 
 
 def save(stage: Stage, outputs: dict[str, ClassifierOutputs], metrics: dict[str, Any]) -> None:
-    """Every variant's per-particle outputs, and notebook 02's numbers in metrics.json (section ``02_cnn``)."""
+    """Every variant's per-particle outputs, notebook 02's numbers in metrics.json (section ``02_cnn``), the model card."""
     for out in outputs.values():
         out.save(stage.run)
     stage.run.update_metrics("02_cnn", metrics)
+    write_model_card(stage.run, dataset=stage.bundle.name, parts=stage.bundle.parts(), classes=stage.bundle.classes,
+                     classifier=card_classifier(stage, metrics), metrics=card_metrics(metrics))
+
+
+def card_classifier(stage: Stage, metrics: dict[str, Any]) -> dict[str, Any]:
+    """What the model card says of the core's classifier: where it lives and what applying it needs."""
+    best = metrics["core_model"]
+    folder = stage.run.file("model", model=f"cnn_{best}")
+    preprocessing = json.loads((folder / PREPROCESSING_FILE).read_text())
+    return {"model": best, "folder": str(folder.relative_to(stage.run.path)), "classes": preprocessing["classes"],
+            "image_size": stage.cfg.image_size, "metadata_features": stage.cfg.metadata_features,
+            "scaler_columns": preprocessing["scaler"]["columns"] if best == "both" else [],
+            "temperature": metrics["calibration"]["temperature"],
+            "thresholds": {row["class"]: row["threshold"] for row in metrics["thresholds"]},
+            "target_precision": stage.cfg.target_precision}
+
+
+def card_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The card's numbers: each variant's test accuracy and balanced accuracy, the calibration, the core's accuracy."""
+    keep = ("accuracy", "balanced_accuracy", "macro_f1")
+    card = {v: {k: metrics[v][k] for k in keep if k in metrics[v]} for v in metrics if isinstance(metrics[v], dict)
+            and "accuracy" in metrics[v]}
+    return card | {"calibration": metrics["calibration"], "measured_on": "the test split of the training dataset"}

@@ -45,6 +45,7 @@ from ..plots.gallery import (
 )
 from ..quantify import bootstrap_composition, composition_error
 from ..run.artifacts import Run
+from ..run.card import update_model_card
 from ..run.notebook import Skipped, Stage, step
 from ..schema import DEPTH, LABEL, NEW_CLASS, SAMPLE, SPLIT
 from ..train.autoencoder import LATENT_PREFIX, RECON, AEOutputs
@@ -495,8 +496,16 @@ def _done(value: object) -> object | None:
 
 def save(stage: Stage, core_view: pd.DataFrame | Skipped, loco: pd.DataFrame | Skipped,
          new_class: pd.DataFrame | Skipped, combination: Combination, threshold: UnknownThreshold | Skipped,
-         result: OpenSet | Skipped) -> None:
-    """The core's novelty table, the folds' table, and notebook 05's numbers in metrics.json (skipped steps left out)."""
+         result: OpenSet | Skipped, meta: Space) -> None:
+    """The core's novelty table, the folds' table, notebook 05's numbers in metrics.json (skipped steps left out),
+    and the novelty section of the model card (what ``icecore apply`` flags a new core with)."""
+    finished_threshold = _done(threshold)
+    update_model_card(stage.run, "novelty", {
+        "ae_model": str(stage.run.file("model", model=f"ae{stage.cfg.ae_latent}").relative_to(stage.run.path)),
+        "ae_latent": stage.cfg.ae_latent, "meta_features": list(meta.labelled.columns),
+        "combined": combination.combined, "k_neighbors": stage.cfg.k_neighbors,
+        "flag_quantile": stage.cfg.flag_quantile,
+        "unknown_threshold": finished_threshold.threshold if finished_threshold is not None else None})
     if not isinstance(core_view, Skipped):
         stage.run.write("core_novelty", core_view)
     if not isinstance(loco, Skipped):

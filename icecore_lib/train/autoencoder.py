@@ -16,11 +16,13 @@ import torch
 
 from ..config import TrainConfig
 from ..data.dataset import DatasetBundle
+from ..data.pack import Packed
 from ..data.splits import stratified_subset
 from ..models.autoencoder import ConvAutoencoder
 from ..nn.batches import batch_options, choose_batches
+from ..nn.checkpoint import load_weights
 from ..nn.device import seed_everything
-from ..nn.loop import fit, predict
+from ..nn.loop import BEST_FILE, fit, predict
 from ..run.artifacts import Run
 from ..schema import LABEL, SPLIT
 
@@ -84,15 +86,24 @@ def fit_autoencoder(bundle: DatasetBundle, cfg: TrainConfig, latent_dim: int, ou
     history = fit(model, choose_batches(images, train_rows, shuffle=True, **common),
                   choose_batches(images, val_rows, shuffle=False, **common),
                   cfg=cfg, out_dir=out_dir, task="reconstruct", progress=progress)
-    tables = {name: _score(model, packed.images, packed.table.index, common)
-              for name, packed in bundle.parts().items()}
+    tables = {name: score_part(model, packed, cfg, progress) for name, packed in bundle.parts().items()}
     return model, AEOutputs(name or f"ae{latent_dim}", latent_dim, tables["train"], tables.get("core"), history.frame)
 
 
-def _score(model: ConvAutoencoder, images: np.ndarray, index: pd.Index, common: dict) -> pd.DataFrame:
-    """Reconstruction loss and latent of every image, keyed by particle id."""
-    loss, latent = predict(model, choose_batches(images, np.arange(len(index)), shuffle=False, **common),
-                           progress=common["progress"])
+def load_autoencoder(out_dir: Path, image_size: int, latent_dim: int, cfg: TrainConfig) -> ConvAutoencoder:
+    """The autoencoder :func:`fit_autoencoder` left in ``out_dir`` (its best weights), without training."""
+    if not (out_dir / BEST_FILE).is_file():
+        raise FileNotFoundError(f"{out_dir / BEST_FILE} is missing: {out_dir.name} did not finish training")
+    model = ConvAutoencoder(image_size, latent_dim, flat_field=cfg.flat_field)
+    load_weights(model, out_dir / BEST_FILE)
+    return model
+
+
+def score_part(model: ConvAutoencoder, packed: Packed, cfg: TrainConfig, progress: bool = True) -> pd.DataFrame:
+    """Reconstruction loss and latent of every particle of a packed part, keyed by particle id."""
+    index = packed.table.index
+    batches = choose_batches(packed.images, np.arange(len(index)), shuffle=False, **batch_options(cfg, progress))
+    loss, latent = predict(model, batches, progress=progress)
     columns = [f"{LATENT_PREFIX}{i:02d}" for i in range(latent.shape[1])]
     return pd.DataFrame(latent, index=index, columns=columns).assign(**{RECON: loss})[[RECON, *columns]]
 

@@ -8,6 +8,7 @@ keyed by particle id, saved as the run's ``outputs`` artefact. Evaluation, calib
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from scipy.special import softmax
 
 from ..config import MetadataConfig, TrainConfig
 from ..data.dataset import DatasetBundle
+from ..data.pack import Packed
 from ..data.splits import split_ids, stratified_subset
 from ..evaluate import evaluate, label_codes
 from ..files import atomic_write_json
@@ -26,12 +28,14 @@ from ..models.cnn import ParticleCNN
 from ..models.mlp import MetadataMLP
 from ..models.scaler import FeatureScaler
 from ..nn.batches import batch_options, choose_batches
+from ..nn.checkpoint import load_weights
 from ..nn.device import seed_everything
-from ..nn.loop import fit, predict
+from ..nn.loop import BEST_FILE, fit, predict
 from ..run.artifacts import Run
 from ..schema import LABEL, SPLIT, feature_set
 
 KINDS = ("mlp", "image", "both")
+PREPROCESSING_FILE = "preprocessing.json"  # beside a torch classifier's weights: its class order and metadata scaler
 EMBED_PREFIX = "emb_"
 
 
@@ -84,14 +88,17 @@ def class_keys(bundle: DatasetBundle, exclude: tuple[str, ...] = ()) -> list[str
     return [k for k in bundle.classes if k in present] + sorted(present - set(bundle.classes))
 
 
-def build_torch_classifier(kind: str, n_classes: int, cfg: TrainConfig) -> Any:
-    """The study's networks: NN_META (``mlp``), CNN_IMG (``image``), CNN_BOTH (``both``), fed ``cfg.metadata_features``."""
+def build_torch_classifier(kind: str, n_classes: int, cfg: TrainConfig, weights: str | None = None) -> Any:
+    """The study's networks: NN_META (``mlp``), CNN_IMG (``image``), CNN_BOTH (``both``), fed ``cfg.metadata_features``.
+
+    ``weights`` (default ``cfg.weights``): the ResNet18's initial weights; "none" where trained ones are loaded next.
+    """
     n_features = len(feature_set(cfg.metadata_features))
     if kind == "mlp":
         return MetadataMLP(n_features, n_classes)
     if kind in ("image", "both"):
         return ParticleCNN(n_classes, n_features=n_features if kind == "both" else 0,
-                           weights=getattr(cfg, "weights", "none"), flat_field=cfg.flat_field)
+                           weights=weights or getattr(cfg, "weights", "none"), flat_field=cfg.flat_field)
     raise ValueError(f"unknown classifier kind {kind!r}; choose one of {KINDS}")
 
 
@@ -120,18 +127,44 @@ def fit_torch_classifier(
     seed_everything(cfg.seed)  # the initial weights too: torch seeds itself at random when a kernel starts
     model = build_torch_classifier(kind, len(classes), cfg)
     history = fit(model, train_b, val_b, cfg=cfg, out_dir=out_dir, task="classify", progress=progress)
-    atomic_write_json(out_dir / "preprocessing.json", {"classes": classes, "scaler": scaler.state_dict()})
-    every = choose_batches(images, np.arange(len(table)), None, features, shuffle=False, **common)
-    logits, emb = predict(model, every, progress=progress)
-    core_logits = core_emb = None
-    if bundle.core is not None:
-        core_images = None if kind == "mlp" else bundle.core.images
-        core_b = choose_batches(core_images, np.arange(len(bundle.core.table)), None,
-                                scaler.transform(bundle.core.table), shuffle=False, **common)
-        core_l, core_e = predict(model, core_b, progress=progress)
-        core_logits, core_emb = _frame(core_l, bundle.core.table.index, classes), _embedding(core_e, bundle.core.table.index)
-    return ClassifierOutputs(name or kind, classes, _frame(logits, table.index, classes), core_logits,
-                             _embedding(emb, table.index), core_emb, history.frame)
+    atomic_write_json(out_dir / PREPROCESSING_FILE, {"classes": classes, "scaler": scaler.state_dict()})
+    trained = TrainedClassifier(kind, model, classes, scaler)
+    logits, emb = trained.predict(bundle.train, cfg, progress=progress)
+    core_logits, core_emb = trained.predict(bundle.core, cfg, progress=progress) if bundle.core is not None else (None, None)
+    return ClassifierOutputs(name or kind, classes, logits, core_logits, emb, core_emb, history.frame)
+
+
+@dataclass(frozen=True)
+class TrainedClassifier:
+    """A trained torch classifier with what its inputs need: the class order and the metadata scaler."""
+
+    kind: str
+    model: Any
+    classes: list[str]
+    scaler: FeatureScaler
+
+    def predict(self, packed: Packed, cfg: TrainConfig, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Logits and 40-unit embedding of every particle of a packed part, keyed by particle id.
+
+        Batches as in training (``cfg.batch_size``, ``cfg.device``), so a part predicted again gives the same numbers.
+        """
+        images = None if self.kind == "mlp" else packed.images
+        batches = choose_batches(images, np.arange(len(packed.table)), None, self.scaler.transform(packed.table),
+                                 shuffle=False, **batch_options(cfg, progress))
+        logits, emb = predict(self.model, batches, progress=progress)
+        return _frame(logits, packed.table.index, self.classes), _embedding(emb, packed.table.index)
+
+    @classmethod
+    def load(cls, out_dir: Path, kind: str, cfg: TrainConfig) -> TrainedClassifier:
+        """The model :func:`fit_torch_classifier` left in ``out_dir`` (best weights, classes, scaler): no training."""
+        for needed in (BEST_FILE, PREPROCESSING_FILE):
+            if not (out_dir / needed).is_file():
+                raise FileNotFoundError(f"{out_dir / needed} is missing: {out_dir.name} did not finish training")
+        preprocessing = json.loads((out_dir / PREPROCESSING_FILE).read_text())
+        model = build_torch_classifier(kind, len(preprocessing["classes"]), cfg, weights="none")
+        load_weights(model, out_dir / BEST_FILE)
+        return cls(kind, model, list(preprocessing["classes"]),
+                   FeatureScaler.from_state_dict(preprocessing["scaler"]))
 
 
 def fit_bdt(bundle: DatasetBundle, cfg: MetadataConfig, out_dir: Path, *, progress: bool = True) -> tuple[BDTClassifier, ClassifierOutputs, pd.DataFrame | None]:
