@@ -1,6 +1,12 @@
 """The main job's mechanics: a fresh run directory with parameters, versions, metrics and executed notebooks."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
 import pytest
@@ -78,6 +84,23 @@ def test_a_run_that_stops_says_what_was_kept_and_resumes_from_the_unfinished_not
     assert "nothing to resume" in capsys.readouterr().err
 
 
+def test_two_runs_started_at_once_each_write_only_into_their_own_run_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICECORE_RUNS", str(tmp_path / "runs"))
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _notebook(folder / "00_start.ipynb", "import time\nfrom icecore_lib.run.rundir import start_run\n"
+              "start_run(run_dir)\ntime.sleep(1)")
+    _notebook(folder / "01_continue.ipynb", "from icecore_lib.run.rundir import continue_run\n"
+              "run = continue_run(run_dir)\n(run.path / 'continued.txt').write_text(str(run.path))")
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(run_notebooks, "ci", runs_root=tmp_path / "runs", name=name, notebooks_dir=folder,
+                               progress=False) for name in ("first", "second")]
+        dirs = [f.result()[0] for f in futures]
+    assert dirs[0] != dirs[1]
+    for run_dir in dirs:  # whichever started last holds the latest-run pointer; each continued its own
+        assert (run_dir / "continued.txt").read_text() == str(run_dir.resolve())
+
+
 def test_the_command_line_prints_one_line_when_a_run_stops(tmp_path, capsys, monkeypatch):
     notebooks = _two_notebooks(tmp_path / "nbs")
     monkeypatch.setattr("icecore_lib.run.pipeline.NOTEBOOKS_DIR", notebooks)
@@ -85,3 +108,31 @@ def test_the_command_line_prints_one_line_when_a_run_stops(tmp_path, capsys, mon
     assert main(["-q", "run", "--profile", "ci", "--runs-root", str(tmp_path / "runs")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("icecore run: 01_second failed") and "--resume" in err[0]
+
+
+def _icecore(*args: str) -> list[str]:
+    """The console command as a subprocess argument list (this interpreter's environment)."""
+    return [sys.executable, "-m", "icecore_lib", *args]
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_the_middle_of_training_resumes_to_the_same_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    common = ["-q", "run", "--profile", "ci", "--only", "00", "02", "--runs-root", str(tmp_path),
+              "-p", "epochs=6", "-p", "patience=6", "-p", "variants=[image]"]
+    assert main([*common, "--name", "whole"]) == 0
+    run = subprocess.Popen(_icecore(*common, "--name", "killed"), stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    checkpoint = tmp_path / "killed" / "models" / "cnn_image" / "last.safetensors"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run.poll() is None, "the run ended before its first checkpoint: nothing was interrupted"
+    os.killpg(run.pid, signal.SIGINT)  # Ctrl-C in the terminal reaches the whole process group
+    _, err = run.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.startswith("icecore run:")]
+    assert run.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0]
+    assert f"icecore run --resume {tmp_path / 'killed'}" in lines[0]
+    assert main(["-q", "run", "--resume", str(tmp_path / "killed")]) == 0
+    whole, killed = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("whole", "killed"))
+    assert {k: v for k, v in killed.items() if k != "pipeline"} == {k: v for k, v in whole.items() if k != "pipeline"}
