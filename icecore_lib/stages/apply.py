@@ -30,7 +30,7 @@ from ..novelty.detectors import KNNDistance
 from ..novelty.metrics import traffic_light, traffic_light_by_group
 from ..plots.classify import plot_composition, plot_composition_depth
 from ..plots.concentration import concentration_figure
-from ..plots.gallery import drift_report, top_k_gallery, traffic_light_bars
+from ..plots.gallery import drift_report, group_gallery, top_k_gallery, traffic_light_bars
 from ..quantify import composition_by_group, composition_error
 from ..run.artifacts import Run
 from ..run.card import check_fits, read_model_card
@@ -142,6 +142,14 @@ def classify(stage: ApplyStage) -> Applied:
 def assigned_counts(applied: Applied) -> pd.Series:
     """New-core particles per assigned class (``unassigned`` below the class's threshold)."""
     return applied.predictions["assigned"].value_counts()
+
+
+def class_gallery(stage: ApplyStage, applied: Applied) -> Figure:
+    """A seeded random sample of the new core's particles per predicted class: do the classes look right here?"""
+    table = applied.predictions.reindex(stage.data.core.table.index)
+    return group_gallery(stage.data.core.images, table, by="pred", per_group=8, caption_columns=("max_prob",),
+                         seed=stage.cfg.seed, title=f"{stage.data.name}: a random sample per predicted class",
+                         path=stage.figure("apply_per_predicted_class.png"))
 
 
 @dataclass(frozen=True)
@@ -271,9 +279,8 @@ def drift(stage: ApplyStage, applied: Applied) -> Drift:
     features = [f for f in FLOWCAM_FEATURES if f in train and f in core]
     table = feature_drift(train, core, features)
     embedding = ClassifierOutputs.load(stage.trained.run, stage.trained.card["classifier"]["model"]).labelled_embedding
-    knn = KNNDistance(stage.trained.stage_cfg(DiscoveryConfig, "05_discovery").k_neighbors if
-                      "novelty" in stage.trained.card else 10, progress=False)
-    knn.fit(embedding.loc[train.index].to_numpy())
+    k = stage.trained.card.get("novelty", {}).get("k_neighbors", DiscoveryConfig.k_neighbors)
+    knn = KNNDistance(k, progress=False).fit(embedding.loc[train.index].to_numpy())
     lights = traffic_light(pd.Series(knn.score_samples(applied.outputs.core_embedding.to_numpy()),
                                      index=applied.outputs.core_embedding.index), knn.train_scores_)
     groups = core[SAMPLE] if SAMPLE in core else pd.Series("core", index=core.index, name=SAMPLE)
