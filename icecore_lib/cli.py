@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from .data.dataset import check_dataset, is_path, load_dataset, open_dataset
 from .data.layouts import import_path
 from .data.register import register_import
 from .files import atomic_write_text
-from .run.pipeline import RunInterrupted, apply_run, resume_run, run_notebooks
+from .run.pipeline import NotebookResult, RunInterrupted, apply_run, resume_run, run_notebooks
 from .run.report import write_report
 from .synth.dataset import generate
 
@@ -94,31 +95,26 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Execute the ordered notebooks into a fresh run directory, or continue one that stopped (``--resume``)."""
-    try:
-        if args.resume:
-            run_dir, results = resume_run(args.resume, progress=not args.quiet)
-        else:
-            run_dir, results = run_notebooks(
-                args.profile, dataset=_run_dataset(args), name=args.name, only=args.only, overrides=_run_overrides(args),
-                runs_root=Path(args.runs_root) if args.runs_root else None, progress=not args.quiet,
-            )
-    except RunInterrupted as stop:
-        print(f"icecore run: {stop}", file=sys.stderr)
-        return 130 if isinstance(stop.cause, KeyboardInterrupt) else 1
-    for r in results:
-        print(f"{r.name}: {r.seconds:.1f} s -> {r.output}")
-    print(f"run directory: {run_dir}")
-    return 0
+    if args.resume:
+        return _report_run("run", lambda: resume_run(args.resume, progress=not args.quiet))
+    return _report_run("run", lambda: run_notebooks(
+        args.profile, dataset=_run_dataset(args), name=args.name, only=args.only, overrides=_run_overrides(args),
+        runs_root=Path(args.runs_root) if args.runs_root else None, progress=not args.quiet))
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """Classify a new core with a finished run's models (nothing retrained) into a fresh run directory."""
+    return _report_run("apply", lambda: apply_run(
+        args.run_dir, dataset=_run_dataset(args), name=args.name, overrides=_run_overrides(args),
+        runs_root=Path(args.runs_root) if args.runs_root else None, progress=not args.quiet))
+
+
+def _report_run(command: str, execute: Callable[[], tuple[Path, list[NotebookResult]]]) -> int:
+    """Run notebooks; print each one's time and the run directory, or the one line saying what stopped and was kept."""
     try:
-        run_dir, results = apply_run(args.run_dir, dataset=_run_dataset(args), name=args.name,
-                                     runs_root=Path(args.runs_root) if args.runs_root else None,
-                                     overrides=_run_overrides(args), progress=not args.quiet)
+        run_dir, results = execute()
     except RunInterrupted as stop:
-        print(f"icecore apply: {stop}", file=sys.stderr)
+        print(f"icecore {command}: {stop}", file=sys.stderr)
         return 130 if isinstance(stop.cause, KeyboardInterrupt) else 1
     for r in results:
         print(f"{r.name}: {r.seconds:.1f} s -> {r.output}")
