@@ -1,4 +1,4 @@
-"""The ``icecore`` console command: synth, import, check, pack, run, apply, report."""
+"""The ``icecore`` console command: synth, import, check, pack, run, apply, export, report."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from .data.dataset import check_dataset, is_path, load_dataset, open_dataset
 from .data.layouts import import_path
 from .data.register import register_import
 from .files import atomic_write_text
+from .run.export import FORMATS, export_run
 from .run.pipeline import NotebookResult, RunInterrupted, apply_run, resume_run, run_notebooks
 from .run.report import write_report
 from .synth.dataset import generate
@@ -143,6 +144,13 @@ def _run_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a run's core predictions in a neighbour tool's format (EcoTaxa: TSV + crops in one zip)."""
+    path = export_run(args.run_dir, args.format, args.out or None)
+    print(f"{args.format}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Write a run's one-page HTML report (notebooks, figures, metrics, parameters) to share by e-mail."""
     path = write_report(args.run_dir, args.out or None, with_code=args.with_code, progress=not args.quiet)
@@ -219,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", action="append", type=parse_override, metavar="KEY=VALUE",
                    help="apply setting override (repeatable), e.g. -p gallery_size=48")
     p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("export", help="write RUN_DIR's core predictions for EcoTaxa (TSV + crops, one zip)")
+    p.add_argument("run_dir", help="a run that classified a core (notebook 02, or `icecore apply`)")
+    p.add_argument("--format", choices=FORMATS, default="ecotaxa")
+    p.add_argument("--out", default="", help="where to write it (default: RUN_DIR/exports/)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html: one self-contained page to share a run")
     p.add_argument("run_dir", help="a run directory written by `icecore run` or the notebooks")

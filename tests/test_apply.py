@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +13,7 @@ import yaml
 
 from icecore_lib.cli import main
 from icecore_lib.run.card import CardMismatch, check_fits
+from icecore_lib.run.export import read_ecotaxa_tsv
 from icecore_lib.run.pipeline import apply_run, run_notebooks
 from icecore_lib.schema import FLOWCAM_FEATURES
 
@@ -74,6 +77,10 @@ def test_apply_reproduces_the_training_runs_core_predictions_and_refuses_a_misma
     assert json.loads((applied / "training_model_card.json").read_text()) == card
     assert (tmp_path / "LATEST").read_text().strip() == "trained"  # notebooks 01-05 never continue an apply run
     assert "apply_to_core" in (applied / "report.html").read_text() and results[0].name == "apply_to_core"
+    for run, name in ((trained, "trained"), (applied, "applied")):  # every run that classified a core exports it
+        with zipfile.ZipFile(run / "exports" / f"ecotaxa_{name}.zip") as zf:
+            tsv = read_ecotaxa_tsv(io.StringIO(zf.read(f"ecotaxa_{name}.tsv").decode()))
+            assert len(tsv) == 240 and len(zf.namelist()) == 241
 
     source = Path(card["dataset"]["parts"]["core"]["images"]).parent
     manifest = _other_classes_core(tmp_path, source)

@@ -20,6 +20,7 @@ from ..data.resolve import dataset_classes
 from ..files import atomic_write_json, atomic_write_yaml
 from .artifacts import APPLY_NOTEBOOK, Run
 from .card import check_fits, read_model_card
+from .export import write_exports
 from .notebook import HOLDOUT_SETTING, check_holdout_classes
 from .report import write_report
 from .rundir import environment_versions, new_run_dir
@@ -190,6 +191,7 @@ def _execute(run: Run, paths: list[Path], parameters: dict[str, Any], progress: 
             raise RunInterrupted(run.path, path.stem, _finished(run), exc) from exc
         results.append(NotebookResult(path.stem, output, time.perf_counter() - start))
         _record(run, path.stem, results[-1].seconds)
+    write_exports(run.path)
     write_report(run.path, progress=progress)
     return results
 

@@ -33,7 +33,7 @@ from ..plots.concentration import concentration_figure
 from ..plots.gallery import drift_report, group_gallery, top_k_gallery, traffic_light_bars
 from ..quantify import composition_by_group, composition_error
 from ..run.artifacts import Run
-from ..run.card import check_fits, read_model_card
+from ..run.card import check_fits, data_fingerprint, read_model_card
 from ..run.notebook import Skipped
 from ..run.rundir import continue_run, copy_into, record_stage, start_run
 from ..schema import DEPTH, FLOWCAM_FEATURES, SAMPLE, SPLIT, VOLUME
@@ -351,7 +351,7 @@ def save(stage: ApplyStage, applied: Applied, result: Composition, scores: pd.Da
     stage.run.write("applied_predictions_csv", table.drop(columns=[c for c in table if c.startswith(EMBED_PREFIX)]))
     metrics: dict[str, Any] = {
         "training_run": str(stage.trained.run.path), "model_card": stage.trained.card["id"],
-        "dataset": stage.data.name, "particles": len(table),
+        "dataset": stage.data.name, "particles": len(table), "core_data": data_fingerprint(stage.data.core),
         "classify_seconds": applied.seconds, "classify_per_second": len(table) / max(applied.seconds, 1e-9),
         "assigned": assigned_counts(applied).to_dict(),
         "composition": {m: result.compositions[m]["fraction"].to_dict() for m in COMPOSITION_METHODS},
