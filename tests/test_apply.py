@@ -81,6 +81,8 @@ def test_apply_reproduces_the_training_runs_core_predictions_and_refuses_a_misma
         with zipfile.ZipFile(run / "exports" / f"ecotaxa_{name}.zip") as zf:
             tsv = read_ecotaxa_tsv(io.StringIO(zf.read(f"ecotaxa_{name}.tsv").decode()))
             assert len(tsv) == 240 and len(zf.namelist()) == 241
+        depths = pd.read_parquet(run / "exports" / f"depth_table_{name}.parquet")
+        assert len(depths) == 4 and depths["model_card"].eq(card["id"]).all() and "grim_per_ml_hi95" in depths
 
     source = Path(card["dataset"]["parts"]["core"]["images"]).parent
     manifest = _other_classes_core(tmp_path, source)

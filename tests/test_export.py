@@ -12,6 +12,7 @@ import pytest
 from helpers import crop, png_bytes
 
 from icecore_lib.run.export import (
+    depth_table,
     ecotaxa_name,
     ecotaxa_table,
     read_ecotaxa_tsv,
@@ -107,3 +108,23 @@ def test_the_zip_holds_the_tsv_and_every_original_crop_at_its_img_file_name(tmp_
         back = read_ecotaxa_tsv(io.StringIO(zf.read("ecotaxa_r.tsv").decode()))
         for name, pid in zip(back["img_file_name"], back["object_id"], strict=True):
             assert zf.read(name) == (images / pid).read_bytes()
+
+
+def test_the_depth_table_has_one_row_per_sample_with_fractions_and_concentrations_and_their_bounds():
+    composition = pd.DataFrame({
+        "sample_id": ["S0", "S0", "S1", "S1"], "depth_m": [100.0, 100.0, 101.0, 101.0],
+        "class": ["camp", "dust", "camp", "dust"], "fraction": [0.2, 0.8, 0.6, 0.4],
+        "ci_low": [0.1, 0.7, 0.5, 0.3], "ci_high": [0.3, 0.9, 0.7, 0.5], "n_particles": [40, 40, 50, 50]})
+    concentrations = pd.DataFrame({
+        "sample": ["S0", "S0", "S0", "S1", "S1", "S1"], "class": ["camp", "dust", "all"] * 2,
+        "n": [8, 32, 40, 30, 20, 50], "volume_ml": [2.0] * 3 + [5.0] * 3,
+        "per_ml": [4.0, 16.0, 20.0, 6.0, 4.0, 10.0], "per_ml_total_lo": [2.0, 12.0, 14.0, 4.0, 2.5, 7.0],
+        "per_ml_total_hi": [7.0, 21.0, 27.0, 8.5, 6.0, 13.0]})
+    table = depth_table(composition, concentrations, model_card="abc123", n_boot=200)
+    assert table.index.tolist() == ["S0", "S1"] and table["depth_m"].tolist() == [100.0, 101.0]
+    assert table.loc["S1", "camp_fraction"] == 0.6 and table.loc["S1", "camp_fraction_lo95"] == 0.5
+    assert table.loc["S0", "dust_per_ml"] == 16.0 and table.loc["S0", "dust_per_ml_hi95"] == 21.0
+    assert table.loc["S1", "volume_ml"] == 5.0 and table.loc["S0", "n_particles"] == 40
+    assert (table["model_card"] == "abc123").all() and "200 resamples" in table["method"].iloc[0]
+    without_volumes = depth_table(composition, None, model_card="abc123", n_boot=200)
+    assert not [c for c in without_volumes if "per_ml" in c]

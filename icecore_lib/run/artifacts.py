@@ -69,6 +69,8 @@ ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
              "all core particles per ml of each sample's (run's) meltwater, with the exact Poisson interval"),
     Artifact("core_concentrations", "tables/02_core_concentrations.csv", NOTEBOOKS[2],
              "particles per ml per sample and predicted class: counting and counting+classification intervals"),
+    Artifact("sample_composition", "tables/02_sample_composition.csv", NOTEBOOKS[2],
+             "EM-adjusted composition per sample (and depth) of the core, with bootstrap intervals"),
     Artifact("core_size_distribution", "tables/02_core_size_distribution.csv", NOTEBOOKS[2],
              "number and volume distribution of ESD (um) per predicted class, log bins"),
     Artifact("open_set_concentrations", "tables/05_open_set_concentrations.csv", NOTEBOOKS[5],

@@ -1,4 +1,5 @@
-"""What a run shares with its neighbours' tools: an EcoTaxa import zip, and EcoTaxa's validated labels read back.
+"""What a run shares with its neighbours' tools and a data paper: an EcoTaxa import zip (and EcoTaxa's validated
+labels read back), and a per-depth table of fractions and concentrations with their intervals.
 
 EcoTaxa (the image-annotation platform FlowCam, IFCB, UVP and PlanktoScope users exchange through) imports a zip
 of images and a ``ecotaxa_*.tsv``: a header row of lower-case names, each prefixed ``img_``, ``object_``,
@@ -25,7 +26,7 @@ import yaml
 
 from ..config import default_cache_dir
 from ..data.pack import load_packed
-from ..files import atomic_path
+from ..files import atomic_path, atomic_write_table
 from ..images.sources import open_source
 from ..schema import DEPTH, FLOWCAM_FEATURES, SAMPLE, SESSION, display_name
 from ..widgets import load_review, review_to_labels
@@ -178,7 +179,7 @@ def export_summary(table: pd.DataFrame) -> dict[str, Any]:
     return {"objects": len(table), **table["object_annotation_status"].value_counts().to_dict()}
 
 
-FORMATS = ("ecotaxa",)
+FORMATS = ("ecotaxa", "depth-table")
 
 
 def run_predictions(run: Run) -> tuple[pd.DataFrame, dict[str, Any], str]:
@@ -206,21 +207,80 @@ def write_exports(run_dir: Path | str) -> list[Path]:
     run = Run(run_dir)
     if not (run.exists("applied_predictions") or run.exists("core_predictions")):
         return []
-    return [export_run(run.path, fmt) for fmt in FORMATS]
+    formats = FORMATS if run.exists("sample_composition") or run.exists("applied_sample_composition") else ("ecotaxa",)
+    return [export_run(run.path, fmt) for fmt in formats]
 
 
 def export_run(run_dir: Path | str, fmt: str = "ecotaxa", out: Path | str | None = None) -> Path:
-    """Write one export of a run (default ``RUN_DIR/exports/``); returns its path."""
+    """Write one export of a run (default under ``RUN_DIR/exports/``); returns its path.
+
+    ``ecotaxa``: the import zip; ``depth-table``: the per-depth table as CSV and, beside it, Parquet.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     run = Run(run_dir)
+    card = _card(run)
+    if fmt == "depth-table":
+        return write_depth_table(run, card, Path(out) if out else run.path / "exports" / f"depth_table_{run.name}.csv")
     predictions, core_data, cache_dir = run_predictions(run)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     core = load_packed(cache / "packed" / core_data["pack_key"]).table
-    card = read_model_card(run.path) if (run.path / CARD_FILE).is_file() else \
-        json.loads((run.path / "training_model_card.json").read_text())
     validated = review_to_labels(load_review(run.path)).to_dict()
     table = ecotaxa_table(predictions, core, validated=validated, classes=card["classes"],
                           software=f"icecore {card['versions'].get('icecore')}", run=run.name)
     return write_ecotaxa_zip(Path(out) if out else run.path / "exports" / f"ecotaxa_{run.name}.zip", table,
                              core_data["images"])
+
+
+def _card(run: Run) -> dict[str, Any]:
+    """The card of the models behind a run's predictions: its own (a training run) or its training run's (apply)."""
+    if (run.path / CARD_FILE).is_file():
+        return read_model_card(run.path)
+    return json.loads((run.path / "training_model_card.json").read_text())
+
+
+def write_depth_table(run: Run, card: dict[str, Any], target: Path) -> Path:
+    """The per-depth table of a run as CSV at ``target`` and Parquet beside it; returns the CSV."""
+    applied = run.exists("applied_sample_composition")
+    stage = "apply" if applied else "02_cnn"
+    composition = run.read("applied_sample_composition" if applied else "sample_composition")
+    name = "applied_concentrations" if applied else "core_concentrations"
+    concentrations = run.read(name) if run.exists(name) else None
+    table = depth_table(composition, concentrations, model_card=card["id"],
+                        n_boot=int(_recorded(run, stage)["bootstrap"]))
+    atomic_write_table(table, target.with_suffix(".parquet"))
+    return atomic_write_table(table, target)
+
+
+def depth_table(composition: pd.DataFrame, concentrations: pd.DataFrame | None, *, model_card: str,
+                n_boot: int) -> pd.DataFrame:
+    """One row per depth sample for a data paper: depth, sample, particles, then per class the EM-adjusted fraction
+    and (where volumes are known) particles per ml, each with its 95% interval bounds; units in the column names.
+
+    ``composition``: the per-sample long table (sample_id, depth_m, class, fraction, ci_low, ci_high, n_particles);
+    ``concentrations``: the per-sample class concentrations (counting + classification interval).
+    """
+    index = [SAMPLE, DEPTH] if DEPTH in composition else [SAMPLE]
+    wide = composition.pivot_table(index=index, columns="class", values=["fraction", "ci_low", "ci_high"],
+                                   sort=False)
+    classes = list(dict.fromkeys(composition["class"]))
+    table = composition.groupby(index, sort=False)["n_particles"].first().rename("n_particles").to_frame()
+    for key in classes:
+        table[f"{key}_fraction"] = wide[("fraction", key)]
+        table[f"{key}_fraction_lo95"] = wide[("ci_low", key)]
+        table[f"{key}_fraction_hi95"] = wide[("ci_high", key)]
+    if concentrations is not None:
+        conc = concentrations.rename(columns={"sample": SAMPLE}).set_index([SAMPLE, "class"])
+        samples = table.index.get_level_values(SAMPLE)
+        table.insert(1, "volume_ml", conc["volume_ml"].groupby(level=SAMPLE).first().reindex(samples).to_numpy())
+        for key in classes:
+            rows = [(s, key) for s in samples]
+            for column, name in (("per_ml", "per_ml"), ("per_ml_total_lo", "per_ml_lo95"),
+                                 ("per_ml_total_hi", "per_ml_hi95")):
+                table[f"{key}_{name}"] = conc[column].reindex(rows).to_numpy()
+    table = table.reset_index().rename(columns={DEPTH: "depth_m"})
+    table["method"] = (f"fraction: EM prior adjustment (Saerens et al. 2002) of the calibrated probabilities, 95% "
+                       f"percentile bootstrap over the sample's particles ({n_boot} resamples); per_ml: particles per "
+                       "ml of meltwater, exact Poisson counting and classification uncertainty together")
+    table["model_card"] = model_card
+    return table.set_index(SAMPLE)

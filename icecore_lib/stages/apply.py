@@ -28,19 +28,19 @@ from ..data.dataset import CoreData, load_core
 from ..models.scaler import FeatureScaler
 from ..novelty.detectors import KNNDistance
 from ..novelty.metrics import traffic_light, traffic_light_by_group
-from ..plots.classify import plot_composition, plot_composition_depth
+from ..plots.classify import plot_composition
 from ..plots.concentration import concentration_figure
 from ..plots.gallery import drift_report, group_gallery, top_k_gallery, traffic_light_bars
-from ..quantify import composition_by_group, composition_error
+from ..quantify import composition_error
 from ..run.artifacts import Run
 from ..run.card import check_fits, data_fingerprint, read_model_card
 from ..run.notebook import Skipped
 from ..run.rundir import continue_run, copy_into, record_stage, start_run
-from ..schema import DEPTH, FLOWCAM_FEATURES, SAMPLE, SPLIT, VOLUME
+from ..schema import FLOWCAM_FEATURES, SAMPLE, SPLIT, VOLUME
 from ..shift.drift import feature_drift
 from ..train.autoencoder import LATENT_PREFIX, RECON, load_autoencoder, score_part
 from ..train.classifier import EMBED_PREFIX, ClassifierOutputs, TrainedClassifier
-from .cnn import COMPOSITION_METHODS, compositions, core_table, table_proba, train_priors
+from .cnn import COMPOSITION_METHODS, compositions, core_table, sample_composition, sample_figure, table_proba
 from .concentration import parse_count_as, sample_volumes
 from .discovery import ScorerInputs, fit_scorer, score
 
@@ -180,19 +180,14 @@ def composition_figure(stage: ApplyStage, result: Composition) -> Figure:
 
 def sample_profile(stage: ApplyStage, applied: Applied) -> Figure | pd.DataFrame | Skipped:
     """EM-adjusted composition per sample with intervals: against depth where the core has depths, else a table."""
-    table = stage.data.core.table
-    if SAMPLE not in table:
+    if SAMPLE not in stage.data.core.table:
         return Skipped("the composition per sample", f"the core has no {SAMPLE} column",
                        "add the sample or FlowCam run of each particle")
-    depth = table[DEPTH] if DEPTH in table else None
-    proba = applied.outputs.core_proba(stage.trained.card["classifier"]["temperature"])
-    by_sample = composition_by_group(proba, table[SAMPLE], method="em", n_boot=stage.cfg.bootstrap,
-                                     seed=stage.cfg.seed, depth=depth,
-                                     train_priors=train_priors(applied.outputs.classes, stage.trained.reference))
+    by_sample = sample_composition(applied.outputs, stage.trained.card["classifier"]["temperature"],
+                                   stage.data.core.table, stage.trained.reference, n_boot=stage.cfg.bootstrap,
+                                   seed=stage.cfg.seed)
     stage.run.write("applied_sample_composition", by_sample)
-    if depth is None:
-        return by_sample.pivot(index=SAMPLE, columns="class", values="fraction")[applied.outputs.classes].round(3)
-    return plot_composition_depth(by_sample, path=stage.figure("apply_composition_vs_depth.png"))
+    return sample_figure(by_sample, applied.outputs.classes, stage.figure("apply_composition_vs_depth.png"))
 
 
 def concentrations(stage: ApplyStage, applied: Applied) -> pd.DataFrame | Skipped:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -287,15 +288,31 @@ def composition_errors(stage: Stage, composition: CoreComposition) -> pd.DataFra
 
 @step("the composition per sample", core_columns=(SAMPLE,), to="see the composition sample by sample")
 def sample_profile(stage: Stage, outputs: ClassifierOutputs, calibration: Calibration) -> Figure | pd.DataFrame:
-    """EM-adjusted composition per sample: against depth where the core has depths, else a table (sample x class)."""
-    table = stage.bundle.core.table
-    depth = table[DEPTH] if DEPTH in table else None
-    by_sample = composition_by_group(outputs.core_proba(calibration.temperature), table[SAMPLE], method="em",
-                                     train_priors=train_priors(outputs.classes, stage.table), depth=depth)
-    if depth is None:
+    """EM-adjusted composition per sample with bootstrap intervals (written to the run): against depth where the
+    core has depths, else a table (sample x class)."""
+    by_sample = sample_composition(outputs, calibration.temperature, stage.bundle.core.table, stage.table,
+                                   n_boot=stage.cfg.bootstrap, seed=stage.cfg.seed)
+    stage.run.write("sample_composition", by_sample)
+    return sample_figure(by_sample, outputs.classes, stage.figure("02_composition_vs_depth.png"))
+
+
+def sample_composition(outputs: ClassifierOutputs, temperature: float, core: pd.DataFrame, reference: pd.DataFrame,
+                       *, n_boot: int, seed: int) -> pd.DataFrame:
+    """Per sample (and its depth): the EM-adjusted fraction of each class and its bootstrap interval, long format.
+
+    ``reference``: the labelled table whose training split gives the prior EM adjusts away from.
+    """
+    depth = core[DEPTH] if DEPTH in core else None
+    return composition_by_group(outputs.core_proba(temperature), core[SAMPLE], method="em", n_boot=n_boot, seed=seed,
+                                train_priors=train_priors(outputs.classes, reference), depth=depth)
+
+
+def sample_figure(by_sample: pd.DataFrame, classes: Sequence[str], path: Path) -> Figure | pd.DataFrame:
+    """The per-sample composition against depth, or as a sample x class table where the core has no depths."""
+    if DEPTH not in by_sample:
         print(f"the core has no {DEPTH} column: the composition per sample, in {SAMPLE} order")
-        return by_sample.pivot(index=SAMPLE, columns="class", values="fraction")[outputs.classes].round(3)
-    return plot_composition_depth(by_sample, path=stage.figure("02_composition_vs_depth.png"))
+        return by_sample.pivot(index=SAMPLE, columns="class", values="fraction")[list(classes)].round(3)
+    return plot_composition_depth(by_sample, path=path)
 
 
 @step("the composition errors per sample", truth=True, core_columns=(SAMPLE,),
