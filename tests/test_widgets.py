@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icecore_lib.widgets import Explorer, append_review, load_review, review_to_labels
+from icecore_lib.run.review import append_review, load_review, review_to_labels
+from icecore_lib.widgets import Explorer
 
 # jupyter-scatter's own pandas 3 deprecation, not ours
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword in DataFrame.set_index")

@@ -29,9 +29,9 @@ from ..data.pack import load_packed
 from ..files import atomic_path, atomic_write_table
 from ..images.sources import open_source
 from ..schema import DEPTH, FLOWCAM_FEATURES, SAMPLE, SESSION, display_name
-from ..widgets import load_review, review_to_labels
 from .artifacts import Run
 from .card import CARD_FILE, read_model_card
+from .review import load_review, review_to_labels
 
 PREFIXES = ("img", "object", "sample", "acq", "process")
 TEXT, NUMBER = "[t]", "[f]"

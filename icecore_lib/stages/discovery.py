@@ -47,10 +47,11 @@ from ..quantify import bootstrap_composition, composition_error
 from ..run.artifacts import Run
 from ..run.card import update_model_card
 from ..run.notebook import Skipped, Stage, step
+from ..run.review import CANDIDATE, load_review, review_to_labels
 from ..schema import DEPTH, LABEL, NEW_CLASS, SAMPLE, SPLIT
 from ..train.autoencoder import LATENT_PREFIX, RECON, AEOutputs
 from ..train.classifier import ClassifierOutputs
-from ..widgets import CANDIDATE, Explorer, load_review, review_to_labels
+from ..widgets import Explorer
 from .cnn import table_proba, train_priors
 from .loco import holdouts_in_run, load_fold
 from .maps import load_map

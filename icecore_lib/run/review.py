@@ -1,0 +1,71 @@
+"""A run's review log: the decisions a person takes in the explorer (a candidate class and its name, or an
+artefact), appended to ``<run_dir>/review.csv`` and read back as labels for retraining or for an export."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ..files import atomic_write_table
+from ..schema import PARTICLE_ID
+from .artifacts import Run
+
+REVIEW_COLUMNS = ("decision", "name", "timestamp")
+CANDIDATE = "candidate"
+ARTEFACT = "artefact"
+DECISIONS = (CANDIDATE, ARTEFACT)
+
+
+def review_path(run_dir: Path | str) -> Path:
+    """Where a run's review decisions live (the run's ``review`` artefact)."""
+    return Run(run_dir).file("review")
+
+
+def load_review(run_dir: Path | str) -> pd.DataFrame:
+    """Every decision taken in a run (oldest first), indexed by particle id; empty when none yet."""
+    path = review_path(run_dir)
+    if not path.exists():
+        empty = pd.Index([], dtype="string", name=PARTICLE_ID)
+        return pd.DataFrame({c: pd.Series(dtype="string") for c in REVIEW_COLUMNS}, index=empty)
+    review = pd.read_csv(path, index_col=0, dtype="string", keep_default_na=False)
+    missing = [c for c in REVIEW_COLUMNS if c not in review.columns]
+    if missing or review.index.name != PARTICLE_ID:
+        expected = [PARTICLE_ID, *REVIEW_COLUMNS]
+        raise ValueError(f"{path}: expected columns {expected}, missing {missing or [PARTICLE_ID]}")
+    bad = ~review["decision"].isin(DECISIONS)
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        value = review["decision"].iloc[row]
+        raise ValueError(f"{path}: line {row + 2} has decision {value!r}; expected one of {DECISIONS}")
+    return review[list(REVIEW_COLUMNS)]
+
+
+def append_review(run_dir: Path | str, ids: Sequence[str], decision: str, name: str = "") -> pd.DataFrame:
+    """Append a decision for these particles to the run's review log (rewritten atomically); returns the new rows."""
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
+    if decision == CANDIDATE and not name.strip():
+        raise ValueError("a candidate class needs a name")
+    if not len(ids):
+        raise ValueError("no particles selected")
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    rows = pd.DataFrame(
+        {"decision": decision, "name": name.strip(), "timestamp": stamp},
+        index=pd.Index(list(ids), name=PARTICLE_ID),
+        dtype="string",
+    )
+    atomic_write_table(pd.concat([load_review(run_dir), rows]), review_path(run_dir))
+    return rows
+
+
+def review_to_labels(review: pd.DataFrame, artefact_label: str | None = ARTEFACT) -> pd.Series:
+    """One label per reviewed particle (its latest decision): the candidate's name, or ``artefact_label``.
+
+    ``artefact_label=None`` drops the artefacts (e.g. to train only on named classes).
+    """
+    latest = review[~review.index.duplicated(keep="last")]
+    labels = latest["name"].where(latest["decision"] == CANDIDATE, artefact_label)
+    return labels.dropna().astype("string").rename("label")
