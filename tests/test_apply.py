@@ -14,7 +14,7 @@ import yaml
 from icecore_lib.cli import main
 from icecore_lib.run.card import CardMismatch, check_fits
 from icecore_lib.run.export import read_ecotaxa_tsv
-from icecore_lib.run.pipeline import apply_run, run_notebooks
+from icecore_lib.run.pipeline import RunInterrupted, apply_run, run_notebooks
 from icecore_lib.schema import FLOWCAM_FEATURES
 
 CARD = {"id": "abc123", "training_run": "runs/trained", "classes": {"camp": "Campanian ash", "dust": "Dust"},
@@ -90,3 +90,14 @@ def test_apply_reproduces_the_training_runs_core_predictions_and_refuses_a_misma
     with pytest.raises(CardMismatch, match="declares the classes ash, pollen"):
         apply_run(trained, dataset="other", runs_root=tmp_path, overrides={"manifest": str(manifest)}, progress=False)
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_an_apply_run_that_stopped_says_to_apply_again_rather_than_resume(tmp_path, capsys):
+    run_dir = tmp_path / "20261202-apply"
+    (run_dir / "notebooks").mkdir(parents=True)
+    params = {"parameters": {"train_run": "runs/trained"}, "notebooks": ["apply_to_core.ipynb"]}
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(params))
+    stop = RunInterrupted(run_dir, "apply_to_core", [], KeyboardInterrupt())
+    assert "run the same `icecore apply` again" in str(stop) and "--resume" not in str(stop)
+    assert main(["-q", "run", "--resume", str(run_dir)]) == 2
+    assert "run `icecore apply runs/trained` again" in capsys.readouterr().err

@@ -58,6 +58,10 @@ class RunInterrupted(RuntimeError):
     def __init__(self, run_dir: Path, notebook: str, finished: list[str], cause: BaseException) -> None:
         self.run_dir, self.notebook, self.finished, self.cause = run_dir, notebook, finished, cause
         how = "interrupted" if isinstance(cause, KeyboardInterrupt) else f"failed ({type(cause).__name__})"
+        if notebook == APPLY_NOTEBOOK:
+            super().__init__(f"{notebook} {how}; its partial output is in {run_dir} (nothing was trained, so there "
+                             "is nothing to continue): run the same `icecore apply` again")
+            return
         kept = f"{len(finished)} finished notebook(s)" + (f" ({', '.join(finished)})" if finished else "")
         super().__init__(f"{notebook} {how}; kept {run_dir} with {kept} and every checkpoint under models/; "
                          f"continue with: icecore run --resume {run_dir}")
@@ -160,6 +164,9 @@ def resume_run(run_dir: Path | str, *, progress: bool = True) -> tuple[Path, lis
     todo = [notebooks_dir / name for name in params["notebooks"] if Path(name).stem not in done]
     if not todo:
         raise ValueError(f"every notebook of {run.path} finished already: nothing to resume")
+    if todo[0].stem == APPLY_NOTEBOOK:
+        raise ValueError(f"{run.path} is an apply run that stopped: nothing was trained, so there is nothing to "
+                         f"continue; run `icecore apply {params['parameters']['train_run']}` again")
     if todo[0].stem == FIRST_NOTEBOOK:
         raise ValueError(f"notebook {FIRST_NOTEBOOK} did not finish in {run.path}, so nothing but the data cache "
                          "was kept: start a fresh run (`icecore run`) instead")
