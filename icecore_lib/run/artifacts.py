@@ -61,6 +61,8 @@ ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
     Artifact("outputs", "tables/{model}_{part}.parquet", "(by model)",
              "one model's per-particle outputs: logits + 40-d embedding (classifiers), loss + latent (autoencoders)"),
     Artifact("model", "models/{model}", "(by model)", "a trained model's folder: weights, history, preprocessing"),
+    Artifact("label_issues", "tables/01_label_issues.csv", NOTEBOOKS[1],
+             "labelled particles whose label the out-of-fold BDT probabilities contradict (cleanlab), most doubtful first"),
     Artifact("core_predictions", "tables/02_core_predictions.parquet", NOTEBOOKS[2],
              "per core particle: calibrated probabilities, predicted class, unassigned flag, embedding"),
     Artifact("core_predictions_csv", "tables/02_core_predictions.csv", NOTEBOOKS[2],
