@@ -147,6 +147,11 @@ class CNNConfig(TrainConfig):
     metadata_features: str = "shape"
     # Classes counted as another for concentrations, e.g. ("Missed=Junk",) where "Missed" means "not a cell either".
     count_as: tuple[str, ...] = ()
+    # The tephra pick list: these classes (empty = every class whose key or name says "ash" or "tephra"), the
+    # surest picks_per_class particles of each per sample, and a crop sheet of the pick_sheet_samples richest samples.
+    ash_classes: tuple[str, ...] = ()
+    picks_per_class: int = 10
+    pick_sheet_samples: int = 6
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,16 @@ from ..schema import FLOWCAM_FEATURES, SAMPLE, SPLIT, VOLUME
 from ..shift.drift import feature_drift
 from ..train.autoencoder import LATENT_PREFIX, RECON, load_autoencoder, score_part
 from ..train.classifier import EMBED_PREFIX, ClassifierOutputs, TrainedClassifier
-from .cnn import COMPOSITION_METHODS, compositions, core_table, sample_composition, sample_figure, table_proba
+from .cnn import (
+    COMPOSITION_METHODS,
+    compositions,
+    core_table,
+    pick_sheet,
+    sample_composition,
+    sample_figure,
+    table_proba,
+    write_pick_list,
+)
 from .concentration import parse_count_as, sample_volumes
 from .discovery import ScorerInputs, fit_scorer, score
 
@@ -203,6 +212,21 @@ def concentrations(stage: ApplyStage, applied: Applied) -> pd.DataFrame | Skippe
     stage.run.write("applied_concentrations", table)
     concentration_figure(table, path=stage.figure("apply_concentrations.png"))
     return table
+
+
+def tephra_pick_list(stage: ApplyStage, applied: Applied) -> tuple[pd.DataFrame, Figure] | Skipped:
+    """Per sample and ash class of the new core, the surest particles (table) and a crop sheet of the richest samples."""
+    core = stage.data.core.table
+    if SAMPLE not in core:
+        return Skipped("the tephra pick list", f"the core has no {SAMPLE} column",
+                       "add the sample or FlowCam run of each particle")
+    cfg = stage.trained.cnn_cfg
+    picks = write_pick_list(stage.run, cfg, applied.predictions, core, stage.trained.card["classes"],
+                            artifact="applied_pick_list")
+    if isinstance(picks, Skipped):
+        return picks
+    return picks, pick_sheet(stage.data.core.images, core.index, picks, cfg.pick_sheet_samples,
+                             stage.figure("apply_tephra_pick_sheet.png"))
 
 
 def novelty(stage: ApplyStage, applied: Applied) -> pd.DataFrame | Skipped:

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..config import CNNConfig
 from ..data.dataset import DatasetBundle
 from ..data.splits import split_ids
 from ..evaluate import (
@@ -31,8 +33,11 @@ from ..evaluate import (
     row_normalise,
     threshold_coverage,
 )
+from ..picklist import ash_classes, pick_list
 from ..plots.classify import plot_composition, plot_composition_depth
+from ..plots.gallery import group_gallery
 from ..quantify import bootstrap_composition, composition_by_group, composition_error, group_errors
+from ..run.artifacts import Run
 from ..run.card import write_model_card
 from ..run.notebook import Skipped, Stage, step
 from ..schema import DEPTH, LABEL, SAMPLE, SESSION
@@ -351,3 +356,37 @@ def card_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     card = {v: {k: metrics[v][k] for k in keep if k in metrics[v]} for v in metrics if isinstance(metrics[v], dict)
             and "accuracy" in metrics[v]}
     return card | {"calibration": metrics["calibration"], "measured_on": "the test split of the training dataset"}
+
+
+@step("the tephra pick list", core_columns=(SAMPLE,), to="pick ash shards per sample for the microprobe")
+def tephra_pick_list(stage: Stage, predictions: pd.DataFrame) -> tuple[pd.DataFrame, Figure] | Skipped:
+    """Per sample and ash class, the surest particles (table written to the run) and a crop sheet of the richest samples."""
+    picks = write_pick_list(stage.run, stage.cfg, predictions, stage.bundle.core.table, stage.bundle.classes)
+    if isinstance(picks, Skipped):
+        return picks
+    return picks, pick_sheet(stage.bundle.core.images, stage.bundle.core.table.index, picks,
+                             stage.cfg.pick_sheet_samples, stage.figure("02_tephra_pick_sheet.png"))
+
+
+def write_pick_list(run: Run, cfg: CNNConfig, predictions: pd.DataFrame, core: pd.DataFrame,
+                    classes: dict[str, str], artifact: str = "pick_list") -> pd.DataFrame | Skipped:
+    """The pick list of a run's core predictions, written as ``artifact`` (Skipped without ash classes)."""
+    ash = ash_classes({k: classes.get(k, k) for k in table_proba(predictions).columns}, cfg.ash_classes)
+    if not ash:
+        return Skipped("the tephra pick list", "no class is an ash class",
+                       "name them with -p ash_classes=[...] (classes whose name says ash or tephra are found alone)")
+    picks = pick_list(predictions, core, ash, cfg.picks_per_class)
+    run.write(artifact, picks)
+    return picks
+
+
+def pick_sheet(images: np.ndarray, index: pd.Index, picks: pd.DataFrame, samples: int, path: Path) -> Figure:
+    """The crops of the pick list, one row per (sample, ash class), for the ``samples`` samples with the most picks."""
+    richest = picks[SAMPLE].value_counts().index[:samples]
+    shown = picks[picks[SAMPLE].isin(richest)]
+    depth = shown.groupby(SAMPLE)[DEPTH].transform("median").round(2) if DEPTH in shown else None
+    label = shown[SAMPLE].astype(str) + (" @ " + depth.astype(str) + " m" if depth is not None else "")
+    view = pd.DataFrame({"pick": (label + " / " + shown["class"]).to_numpy(), "probability": shown["probability"].to_numpy()},
+                        index=pd.Index(shown["particle_id"], name=index.name)).reindex(index)
+    return group_gallery(images, view, by="pick", per_group=int(shown["rank"].max()), order_by="probability",
+                         title="Tephra pick list: the surest ash particles per sample (id below each crop)", path=path)
