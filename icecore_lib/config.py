@@ -75,6 +75,7 @@ class StageConfig:
     skip_bad: bool = False
     device: str = "auto"
     bootstrap: int = 200  # resamples behind every bootstrap interval (metrics, compositions)
+    ash_classes: tuple[str, ...] = ()  # the volcanic ash classes; empty = those whose key or name says ash or tephra
 
     @property
     def dataset_name(self) -> str:
@@ -147,9 +148,8 @@ class CNNConfig(TrainConfig):
     metadata_features: str = "shape"
     # Classes counted as another for concentrations, e.g. ("Missed=Junk",) where "Missed" means "not a cell either".
     count_as: tuple[str, ...] = ()
-    # The tephra pick list: these classes (empty = every class whose key or name says "ash" or "tephra"), the
-    # surest picks_per_class particles of each per sample, and a crop sheet of the pick_sheet_samples richest samples.
-    ash_classes: tuple[str, ...] = ()
+    # The tephra pick list: the surest picks_per_class particles of each ash class per sample, and a crop sheet of
+    # the pick_sheet_samples richest samples.
     picks_per_class: int = 10
     pick_sheet_samples: int = 6
 

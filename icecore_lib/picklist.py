@@ -1,4 +1,5 @@
-"""Tephra pick list: per depth sample, the most likely particles of each ash class, for the microprobe session.
+"""Tephra: the pick list (per depth sample, the most likely particles of each ash class, for the microprobe session)
+and the volcanic layers (samples where ash stands out).
 
 Geochemistry (electron microprobe, LA-ICP-MS) fingerprints a tephra layer shard by shard; the shards to pick are
 the ones the classifier is surest of. Per sample and ash class: the ``per_class`` particles predicted as that
@@ -51,3 +52,18 @@ def pick_list(predictions: pd.DataFrame, core: pd.DataFrame, ash: Sequence[str],
     picks["rank"] = picks.groupby([SAMPLE, "class"]).cumcount() + 1
     columns = [SAMPLE, *([DEPTH] if DEPTH in picks else []), "class", "rank", "particle_id", "probability"]
     return picks[columns].reset_index(drop=True)
+
+
+def volcanic_layers(composition: pd.DataFrame, ash: Sequence[str], factor: float = 3.0, floor: float = 0.05,
+                    depth: str = DEPTH) -> list[float]:
+    """Depths of the samples whose ash fraction is at least ``factor`` times the core's median and at least ``floor``.
+
+    ``composition``: the per-sample long table (sample_id, depth, class, fraction). A tephra layer is a sample
+    where ash stands out against the core's own background, not an absolute amount.
+    """
+    if depth not in composition or not ash:
+        return []
+    rows = composition[composition["class"].isin(ash)]
+    per_sample = rows.groupby(SAMPLE, sort=False).agg(ash=("fraction", "sum"), depth=(depth, "median"))
+    threshold = max(factor * float(per_sample["ash"].median()), floor)
+    return sorted(per_sample.loc[per_sample["ash"] >= threshold, "depth"].tolist())

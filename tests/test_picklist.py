@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from icecore_lib.picklist import ash_classes, pick_list
+from icecore_lib.picklist import ash_classes, pick_list, volcanic_layers
 from icecore_lib.schema import CLASSES
 
 
@@ -40,3 +40,17 @@ def test_a_core_without_samples_is_refused():
     predictions, core = _core()
     with pytest.raises(ValueError, match="no sample_id column"):
         pick_list(predictions, core.drop(columns=["sample_id"]), ["camp"])
+
+
+def test_volcanic_layers_are_the_samples_where_ash_stands_out_against_the_cores_median():
+    rows = []
+    for sample, depth, ash in [("a", 10.0, 0.02), ("b", 10.5, 0.03), ("c", 11.0, 0.40), ("d", 11.5, 0.02),
+                               ("e", 12.0, 0.07)]:
+        rows += [{"sample_id": sample, "depth_m": depth, "class": "camp", "fraction": ash / 2},
+                 {"sample_id": sample, "depth_m": depth, "class": "grim", "fraction": ash / 2},
+                 {"sample_id": sample, "depth_m": depth, "class": "dust", "fraction": 1 - ash}]
+    composition = pd.DataFrame(rows)
+    # The median ash fraction is 0.03: a layer needs 3 x 0.03 = 0.09 (and at least 5%), so 0.07 is not one.
+    assert volcanic_layers(composition, ["camp", "grim"]) == [11.0]
+    assert volcanic_layers(composition, ["camp", "grim"], factor=2.0) == [11.0, 12.0]
+    assert volcanic_layers(composition, []) == []

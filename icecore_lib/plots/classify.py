@@ -290,4 +290,70 @@ __all__ = [
     "plot_shap_bar",
     "plot_shap_beeswarm",
     "plot_threshold_coverage",
+    "stratigraphic_diagram",
 ]
+
+
+def stratigraphic_diagram(composition: pd.DataFrame, concentrations: pd.DataFrame | None = None,
+                          unknown: pd.Series | None = None, layers: Sequence[float] = (), depth: str = DEPTH,
+                          path: Path | str | None = None, title: str = "Stratigraphic diagram") -> Figure:
+    """The convention of pollen and tephra diagrams: one panel per class against depth (downwards), the fraction as
+    a filled silhouette with its interval, particles per ml below it where volumes are known, the "unknown"
+    fraction as a panel of its own, and volcanic layers (``layers``: depths) marked across every panel.
+
+    ``composition``: per-sample long table (sample_id, depth, class, fraction, ci_low, ci_high);
+    ``concentrations``: per-sample class concentrations (sample, class, per_ml, per_ml_total_lo/hi);
+    ``unknown``: the flagged fraction per sample id.
+    """
+    if depth not in composition.columns:
+        raise ValueError(f"composition table has no depth column {depth!r}; columns are {list(composition.columns)}")
+    classes = [str(k) for k in dict.fromkeys(composition["class"])]
+    depths = composition.groupby("sample_id", sort=False)[depth].median()
+    columns = classes + (["unknown"] if unknown is not None else [])
+    rows = 2 if concentrations is not None else 1
+    fig = Figure(figsize=(1.35 * len(columns) + 1.2, 3.6 * rows + 0.6), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(rows, len(columns), sharey=True, squeeze=False))
+    colors = class_colors(classes)
+    for j, key in enumerate(columns):
+        ax = axes[0, j]
+        if key == "unknown":
+            values = unknown.reindex(depths.index).to_numpy(dtype=float)
+            order = np.argsort(depths.to_numpy())
+            ax.fill_betweenx(depths.to_numpy()[order], 0, values[order], color="0.35", alpha=0.8)
+            ax.set_title("unknown\n(flagged)", fontsize=8)
+        else:
+            part = composition[composition["class"].astype(str) == key].sort_values(depth)
+            ax.fill_betweenx(part[depth], 0, part["fraction"], color=colors[key], alpha=0.8)
+            if part["ci_low"].notna().any():
+                ax.fill_betweenx(part[depth], part["ci_low"], part["ci_high"], color=colors[key], alpha=0.25)
+            ax.set_title(display_name(key), fontsize=8)
+            values = part[["fraction", "ci_high"]].to_numpy(dtype=float)
+        ax.set_xlim(0, max(0.05, 1.05 * float(np.nanmax(values))))  # a trace class still gets a readable axis
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("fraction", fontsize=7)
+        if rows == 2:
+            _concentration_panel(axes[1, j], concentrations, key, depths, colors.get(key, "0.35"))
+    for ax in axes.ravel():
+        for layer in layers:
+            ax.axhline(layer, color="#b71c1c", linewidth=1.2, alpha=0.7)
+    axes[0, 0].invert_yaxis()
+    for row in range(rows):
+        axes[row, 0].set_ylabel(f"depth (m){' - red: volcanic layers' if layers and row == 0 else ''}", fontsize=8)
+    fig.suptitle(title)
+    return save(fig, path)
+
+
+def _concentration_panel(ax: Any, concentrations: pd.DataFrame, key: str, depths: pd.Series, color: str) -> None:
+    """Particles per ml of one class per sample against depth, with the counting + classification interval."""
+    part = concentrations[concentrations["class"].astype(str) == key].set_index("sample").reindex(depths.index)
+    if part["per_ml"].isna().all():
+        ax.set_axis_off()
+        return
+    d = depths.to_numpy()
+    low, high = part["per_ml_total_lo"].to_numpy(dtype=float), part["per_ml_total_hi"].to_numpy(dtype=float)
+    value = part["per_ml"].to_numpy(dtype=float)
+    ax.errorbar(value, d, xerr=[np.clip(value - low, 0, None), np.clip(high - value, 0, None)], fmt="o", ms=3,
+                color=color, elinewidth=0.8, capsize=2)
+    ax.set_xlim(left=0)
+    ax.tick_params(labelsize=7)
+    ax.set_xlabel("particles / ml", fontsize=7)

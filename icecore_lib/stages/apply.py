@@ -28,6 +28,7 @@ from ..data.dataset import CoreData, load_core
 from ..models.scaler import FeatureScaler
 from ..novelty.detectors import KNNDistance
 from ..novelty.metrics import traffic_light, traffic_light_by_group
+from ..picklist import ash_classes
 from ..plots.classify import plot_composition
 from ..plots.concentration import concentration_figure
 from ..plots.gallery import drift_report, group_gallery, top_k_gallery, traffic_light_bars
@@ -36,7 +37,7 @@ from ..run.artifacts import Run
 from ..run.card import check_fits, data_fingerprint, read_model_card
 from ..run.notebook import Skipped
 from ..run.rundir import continue_run, copy_into, record_stage, start_run
-from ..schema import FLOWCAM_FEATURES, SAMPLE, SPLIT, VOLUME
+from ..schema import DEPTH, FLOWCAM_FEATURES, SAMPLE, SPLIT, VOLUME
 from ..shift.drift import feature_drift
 from ..train.autoencoder import LATENT_PREFIX, RECON, load_autoencoder, score_part
 from ..train.classifier import EMBED_PREFIX, ClassifierOutputs, TrainedClassifier
@@ -51,7 +52,7 @@ from .cnn import (
     write_pick_list,
 )
 from .concentration import parse_count_as, sample_volumes
-from .discovery import ScorerInputs, fit_scorer, score
+from .discovery import ScorerInputs, fit_scorer, score, stratigraphic_figure
 
 STAGE = "apply"
 TRAINING_CARD = "training_model_card.json"  # the training run's card, copied into the apply run
@@ -262,6 +263,19 @@ def _meta_space(reference: pd.DataFrame, core: pd.DataFrame, features: list[str]
     scaler = FeatureScaler().fit(reference)
     return {part: pd.DataFrame(scaler.transform(t), index=t.index, columns=list(scaler.columns))[features]
             for part, t in (("labelled", reference), ("core", core))}
+
+
+def depth_diagram(stage: ApplyStage, scores: pd.DataFrame | Skipped) -> Figure | Skipped:
+    """The new core's classes against depth: one panel per class, the unknown fraction, volcanic layers marked."""
+    if not stage.run.exists("applied_sample_composition") or DEPTH not in stage.data.core.table:
+        return Skipped("the stratigraphic diagram", f"the core has no {SAMPLE} or {DEPTH} column",
+                       "add each particle's sample and depth")
+    concentrations = stage.run.read("applied_concentrations") if stage.run.exists("applied_concentrations") else None
+    view = scores if not isinstance(scores, Skipped) else pd.DataFrame(index=stage.data.core.table.index)
+    return stratigraphic_figure(stage.run.read("applied_sample_composition"), concentrations, view,
+                                stage.data.core.table,
+                                ash_classes(stage.trained.card["classes"], stage.trained.cnn_cfg.ash_classes),
+                                stage.figure("apply_stratigraphic_diagram.png"))
 
 
 def novelty_gallery(stage: ApplyStage, applied: Applied, scores: pd.DataFrame | Skipped) -> Figure | Skipped:

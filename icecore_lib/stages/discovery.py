@@ -16,6 +16,7 @@ out) the combined rank averages every stable score and there is no "unknown" thr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,8 @@ from ..novelty.metrics import (
     unknown_threshold,
 )
 from ..novelty.scorer import NoveltyScorer
-from ..plots.classify import plot_composition
+from ..picklist import ash_classes, volcanic_layers
+from ..plots.classify import plot_composition, stratigraphic_diagram
 from ..plots.gallery import (
     confused_gallery,
     discovery_card,
@@ -488,6 +490,30 @@ def review_top_cluster(stage: Stage, view: Explorer, core_view: pd.DataFrame) ->
         view.name_box.value = f"candidate cluster {top[0]}"
         view.decide(CANDIDATE)
     return review_to_labels(load_review(stage.run)).value_counts()
+
+
+@step("the stratigraphic diagram", core_columns=(SAMPLE, DEPTH), to="draw the core's classes against depth")
+def depth_diagram(stage: Stage, core_view: pd.DataFrame) -> Figure | Skipped:
+    """Notebook 02's per-sample composition and concentrations against depth, one panel per class, the unknown
+    fraction of this notebook as its own panel, volcanic layers marked."""
+    if not stage.run.exists("sample_composition"):
+        return Skipped("the stratigraphic diagram", "notebook 02 of this run wrote no per-sample composition",
+                       "run notebook 02 again")
+    return stratigraphic_figure(stage.run.read("sample_composition"),
+                                stage.run.read("core_concentrations") if stage.run.exists("core_concentrations") else None,
+                                core_view, stage.bundle.core.table, ash_classes(stage.bundle.classes, stage.cfg.ash_classes),
+                                stage.figure("05_stratigraphic_diagram.png"))
+
+
+def stratigraphic_figure(composition: pd.DataFrame, concentrations: pd.DataFrame | None, core_view: pd.DataFrame,
+                         core: pd.DataFrame, ash: list[str], path: Path) -> Figure:
+    """The diagram of a run's core: its unknown fraction per sample (when flagged) and its volcanic layers."""
+    unknown = (core_view["unknown"].astype(float).groupby(core.loc[core_view.index, SAMPLE]).mean()
+               if "unknown" in core_view else None)
+    layers = volcanic_layers(composition, ash)
+    if layers:
+        print(f"volcanic layers (ash >= 3x the core's median fraction and >= 5%) at {', '.join(f'{d:.2f}' for d in layers)} m")
+    return stratigraphic_diagram(composition, concentrations, unknown, layers, path=path)
 
 
 def _done(value: object) -> object | None:
