@@ -76,6 +76,7 @@ class StageConfig:
     device: str = "auto"
     bootstrap: int = 200  # resamples behind every bootstrap interval (metrics, compositions)
     ash_classes: tuple[str, ...] = ()  # the volcanic ash classes; empty = those whose key or name says ash or tephra
+    blank_samples: tuple[str, ...] = ()  # core sample ids that are procedural blanks: subtracted from the others
 
     @property
     def dataset_name(self) -> str:

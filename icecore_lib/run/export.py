@@ -269,18 +269,24 @@ def depth_table(composition: pd.DataFrame, concentrations: pd.DataFrame | None, 
         table[f"{key}_fraction"] = wide[("fraction", key)]
         table[f"{key}_fraction_lo95"] = wide[("ci_low", key)]
         table[f"{key}_fraction_hi95"] = wide[("ci_high", key)]
+    net = concentrations is not None and "per_ml_net" in concentrations
     if concentrations is not None:
         conc = concentrations.rename(columns={"sample": SAMPLE}).set_index([SAMPLE, "class"])
+        if net:  # the procedural blanks left the concentrations: they are no depth samples
+            table = table[table.index.get_level_values(SAMPLE).isin(conc.index.get_level_values(SAMPLE))]
         samples = table.index.get_level_values(SAMPLE)
         table.insert(1, "volume_ml", conc["volume_ml"].groupby(level=SAMPLE).first().reindex(samples).to_numpy())
+        sources = (("per_ml_net", "per_ml_net_lo", "per_ml_net_hi") if net
+                   else ("per_ml", "per_ml_total_lo", "per_ml_total_hi"))
         for key in classes:
             rows = [(s, key) for s in samples]
-            for column, name in (("per_ml", "per_ml"), ("per_ml_total_lo", "per_ml_lo95"),
-                                 ("per_ml_total_hi", "per_ml_hi95")):
+            for column, name in zip(sources, ("per_ml", "per_ml_lo95", "per_ml_hi95"), strict=True):
                 table[f"{key}_{name}"] = conc[column].reindex(rows).to_numpy()
     table = table.reset_index().rename(columns={DEPTH: "depth_m"})
     table["method"] = (f"fraction: EM prior adjustment (Saerens et al. 2002) of the calibrated probabilities, 95% "
                        f"percentile bootstrap over the sample's particles ({n_boot} resamples); per_ml: particles per "
-                       "ml of meltwater, exact Poisson counting and classification uncertainty together")
+                       + ("ml of meltwater minus the procedural blanks' (pooled), both counts' Poisson uncertainty "
+                          "in the interval" if net else "ml of meltwater, exact Poisson counting and classification "
+                          "uncertainty together"))
     table["model_card"] = model_card
     return table.set_index(SAMPLE)

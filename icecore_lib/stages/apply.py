@@ -22,7 +22,6 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from ..concentration import concentration_table
 from ..config import AEConfig, ApplyConfig, CNNConfig, DiscoveryConfig, stage_config
 from ..data.dataset import CoreData, load_core
 from ..models.scaler import FeatureScaler
@@ -48,10 +47,9 @@ from .cnn import (
     pick_sheet,
     sample_composition,
     sample_figure,
-    table_proba,
     write_pick_list,
 )
-from .concentration import parse_count_as, sample_volumes
+from .concentration import class_table
 from .discovery import ScorerInputs, fit_scorer, score, stratigraphic_figure
 
 STAGE = "apply"
@@ -207,9 +205,8 @@ def concentrations(stage: ApplyStage, applied: Applied) -> pd.DataFrame | Skippe
     if missing:
         return Skipped("particles per ml per class", f"the core has no {missing[0]} column",
                        "give FlowCam run folders (their run summaries hold the fluid volume imaged)")
-    table = concentration_table(
-        applied.predictions["pred"], core[SAMPLE], sample_volumes(core), probabilities=table_proba(applied.predictions),
-        merge=parse_count_as(stage.trained.cnn_cfg.count_as), n_boot=stage.cfg.bootstrap, seed=stage.cfg.seed)
+    table = class_table(applied.predictions, core, stage.trained.cnn_cfg.count_as, stage.cfg.blank_samples,
+                        n_boot=stage.cfg.bootstrap, seed=stage.cfg.seed)
     stage.run.write("applied_concentrations", table)
     concentration_figure(table, path=stage.figure("apply_concentrations.png"))
     return table

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..concentration import ALL, concentration_table, size_distribution, size_summary
+from ..concentration import ALL, concentration_table, size_distribution, size_summary, subtract_blanks
 from ..plots.concentration import concentration_figure, size_distribution_figure
 from ..run.notebook import Skipped, Stage, step
 from ..schema import SAMPLE, VOLUME
@@ -57,11 +57,21 @@ def sample_concentrations(stage: Stage) -> pd.DataFrame:
 def class_concentrations(stage: Stage, predictions: pd.DataFrame) -> pd.DataFrame:
     """Per sample and predicted class: particles per ml with counting and counting+classification intervals."""
     core = stage.bundle.core.table.loc[predictions.index]
-    table = concentration_table(
-        predictions["pred"], core[SAMPLE], sample_volumes(core), probabilities=table_proba(predictions),
-        merge=parse_count_as(stage.cfg.count_as), n_boot=stage.cfg.bootstrap, seed=stage.cfg.seed,
-    )
+    table = class_table(predictions, core, stage.cfg.count_as, stage.cfg.blank_samples, n_boot=stage.cfg.bootstrap,
+                        seed=stage.cfg.seed)
     stage.run.write("core_concentrations", table)
+    return table
+
+
+def class_table(predictions: pd.DataFrame, core: pd.DataFrame, count_as: tuple[str, ...], blanks: tuple[str, ...], *,
+                n_boot: int, seed: int) -> pd.DataFrame:
+    """Particles per ml per sample and predicted class, the procedural blanks subtracted when there are some."""
+    table = concentration_table(predictions["pred"], core[SAMPLE], sample_volumes(core),
+                                probabilities=table_proba(predictions), merge=parse_count_as(count_as), n_boot=n_boot,
+                                seed=seed)
+    if blanks:
+        table = subtract_blanks(table, blanks, seed=seed)
+        print(f"procedural blanks {', '.join(blanks)} subtracted (per_ml_net, with their counting uncertainty)")
     return table
 
 
