@@ -168,6 +168,15 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true", help="drop bad items (listed in the report) instead of failing")
 
 
+def _run_dir_args(p: argparse.ArgumentParser, default_name: str, param_help: str) -> None:
+    """Arguments of the commands that write a fresh run directory: manifest, cache, name, runs root, overrides."""
+    p.add_argument("--manifest", default="", help="manifest file (default: data_manifest.yaml here or above)")
+    p.add_argument("--cache-dir", default="", help="default: $ICECORE_CACHE or ~/.cache/icecore")
+    p.add_argument("--name", default="", help=f"run directory name (default: {default_name})")
+    p.add_argument("--runs-root", default="", help="default: $ICECORE_RUNS or runs/")
+    p.add_argument("-p", "--param", action="append", type=parse_override, metavar="KEY=VALUE", help=param_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="icecore", description=__doc__)
@@ -205,13 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="", help="manifest entry (default: the profile's synthetic set)")
     p.add_argument("--data", default="", metavar="PATH",
                    help="a lab's own folder or CSV instead of a manifest entry (layout detected and named)")
-    p.add_argument("--manifest", default="", help="manifest file (default: data_manifest.yaml here or above)")
-    p.add_argument("--cache-dir", default="", help="default: $ICECORE_CACHE or ~/.cache/icecore")
-    p.add_argument("--name", default="", help="run directory name (default: timestamp-profile)")
-    p.add_argument("--runs-root", default="", help="default: $ICECORE_RUNS or runs/")
+    _run_dir_args(p, "timestamp-profile", "notebook parameter override (repeatable), e.g. -p epochs=3")
     p.add_argument("--only", nargs="+", help="notebook numbers or names to run, e.g. 00 01")
-    p.add_argument("-p", "--param", action="append", type=parse_override, metavar="KEY=VALUE",
-                   help="notebook parameter override (repeatable), e.g. -p epochs=3")
     p.add_argument("--resume", default="", metavar="RUN_DIR",
                    help="continue a run that stopped, from its first unfinished notebook (same parameters)")
     p.set_defaults(func=cmd_run)
@@ -220,12 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a finished run directory with a model card (notebooks 00-02 at least)")
     p.add_argument("--dataset", default="", help="the new core: a manifest entry (default: the profile's synthetic set)")
     p.add_argument("--data", default="", metavar="PATH", help="the new core: a lab's own folder or CSV")
-    p.add_argument("--manifest", default="", help="manifest file (default: data_manifest.yaml here or above)")
-    p.add_argument("--cache-dir", default="", help="default: $ICECORE_CACHE or ~/.cache/icecore")
-    p.add_argument("--name", default="", help="run directory name (default: timestamp-apply)")
-    p.add_argument("--runs-root", default="", help="default: $ICECORE_RUNS or runs/")
-    p.add_argument("-p", "--param", action="append", type=parse_override, metavar="KEY=VALUE",
-                   help="apply setting override (repeatable), e.g. -p gallery_size=48")
+    _run_dir_args(p, "timestamp-apply", "apply setting override (repeatable), e.g. -p gallery_size=48")
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("export", help="write RUN_DIR's core predictions for EcoTaxa (TSV + crops, one zip)")
