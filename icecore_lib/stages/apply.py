@@ -65,7 +65,7 @@ class Trained:
     cnn_cfg: CNNConfig
     reference: pd.DataFrame  # label, split and features of the labelled particles, keyed by particle id
     classifier: TrainedClassifier
-    labelled_logits: pd.DataFrame  # the classifier's logits of the labelled particles (for the corrections)
+    labelled: ClassifierOutputs  # the classifier's saved logits and embedding of the labelled particles
 
     def stage_cfg(self, cls: type, stage: str) -> Any:
         """A stage config of the training run as it recorded it (``params/<stage>.yaml``)."""
@@ -88,7 +88,7 @@ def open_trained(run_dir: Path | str, device: str) -> Trained:
     cnn_cfg = dataclasses.replace(recorded_config(CNNConfig, run.path / "params" / "02_cnn.yaml"), device=device)
     name = card["classifier"]["model"]
     classifier = TrainedClassifier.load(run.path / card["classifier"]["folder"], name, cnn_cfg)
-    labelled = ClassifierOutputs.load(run, name).labelled_logits
+    labelled = ClassifierOutputs.load(run, name)
     return Trained(run, card, cnn_cfg, run.read("reference_particles"), classifier, labelled)
 
 
@@ -140,7 +140,8 @@ def classify(stage: ApplyStage) -> Applied:
     start = time.perf_counter()
     logits, emb = trained.classifier.predict(stage.data.core, trained.cnn_cfg)
     seconds = time.perf_counter() - start
-    outputs = ClassifierOutputs(card["model"], trained.classifier.classes, trained.labelled_logits, logits, None, emb)
+    outputs = ClassifierOutputs(card["model"], trained.classifier.classes, trained.labelled.labelled_logits, logits, None,
+                                emb)
     thresholds = pd.Series({k: np.nan if v is None else v for k, v in card["thresholds"].items()}, dtype=float)
     predictions = core_table(outputs, card["temperature"], thresholds.reindex(outputs.classes))
     print(f"{len(logits):,} particles classified in {seconds:.1f} s ({len(logits) / max(seconds, 1e-9):,.0f} per s)")
@@ -242,8 +243,8 @@ def novelty(stage: ApplyStage, applied: Applied) -> pd.DataFrame | Skipped:
     core_ae = score_part(ae, stage.data.core, ae_cfg)
     labelled_ae = trained.run.read("outputs", part="labelled", model=Path(section["ae_model"]).name)
     meta = _meta_space(trained.reference, stage.data.core.table, section["meta_features"])
-    labelled = ScorerInputs(trained.labelled_logits, labelled_ae[RECON],
-                            {"cnn": ClassifierOutputs.load(trained.run, trained.card["classifier"]["model"]).labelled_embedding,
+    labelled = ScorerInputs(trained.labelled.labelled_logits, labelled_ae[RECON],
+                            {"cnn": trained.labelled.labelled_embedding,
                              "ae": labelled_ae.filter(like=LATENT_PREFIX), "meta": meta["labelled"]})
     core = ScorerInputs(applied.outputs.core_logits, core_ae[RECON],
                         {"cnn": applied.outputs.core_embedding, "ae": core_ae.filter(like=LATENT_PREFIX),
@@ -308,7 +309,7 @@ def drift(stage: ApplyStage, applied: Applied) -> Drift:
     train = reference[reference[SPLIT] == "train"]
     features = [f for f in FLOWCAM_FEATURES if f in train and f in core]
     table = feature_drift(train, core, features)
-    embedding = ClassifierOutputs.load(stage.trained.run, stage.trained.card["classifier"]["model"]).labelled_embedding
+    embedding = stage.trained.labelled.labelled_embedding
     k = stage.trained.card.get("novelty", {}).get("k_neighbors", DiscoveryConfig.k_neighbors)
     knn = KNNDistance(k, progress=False).fit(embedding.loc[train.index].to_numpy())
     lights = traffic_light(pd.Series(knn.score_samples(applied.outputs.core_embedding.to_numpy()),
