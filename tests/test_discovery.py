@@ -29,6 +29,22 @@ def test_the_best_loco_score_is_skipped_when_the_acquisition_shift_moves_it() ->
         choose_scores(loco, shift + 1, margin=0.05, max_shift=0.05)
 
 
+def test_a_score_near_the_best_on_average_but_blind_to_one_held_out_class_is_not_averaged_in() -> None:
+    # maha_meta: as good as excess_meta on average, but misses the pollen fold (the demo core's diatoms alike).
+    folds = {"corylus": {"excess_meta": 0.67, "maha_meta": 0.41, "knn_meta": 0.64},
+             "dust": {"excess_meta": 0.81, "maha_meta": 0.96, "knn_meta": 0.80},
+             "grim": {"excess_meta": 0.88, "maha_meta": 0.94, "knn_meta": 0.86}}
+    table = pd.DataFrame(folds).T
+    table.loc["mean"] = table.mean()
+    columns = pd.MultiIndex.from_product([[*table.columns, "combined_rank"], ["auroc"]], names=["score", "metric"])
+    loco = pd.DataFrame({(s, "auroc"): table[s] if s in table else 0.5 for s, _ in columns}, columns=columns)
+    shift = pd.Series(0.0, index=table.columns)
+    choice = choose_scores(loco, shift, margin=0.05, max_shift=0.05)
+    assert choice.loc["maha_meta", "loco_auroc"] >= choice.loc["excess_meta", "loco_auroc"] - 0.05
+    assert list(choice.index[choice["chosen"]]) == ["excess_meta", "knn_meta"]
+    assert choice.loc["maha_meta", "loco_worst_auroc"] == pytest.approx(0.41)
+
+
 def test_setting_the_flagged_unknowns_aside_recovers_the_known_composition() -> None:
     truth = pd.Series(["ash"] * 70 + ["dust"] * 30 + ["diatom"] * 40)
     looks_like = truth.replace({"diatom": "dust"})  # the new class is counted as its look-alike
