@@ -20,6 +20,20 @@ ensure_env() {
   fi
 }
 
+# The browser tests (tests/test_browser.py) drive Debian's chromium; installed here when missing and apt can.
+ensure_chromium() {
+  if command -v chromium >/dev/null || [ -n "${CHROMIUM:-}" ]; then
+    return
+  fi
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  if command -v apt-get >/dev/null; then
+    $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+      || { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+      || echo "could not install chromium (apt-get install chromium); the browser tests will skip or fail" >&2
+  fi
+}
+
 case "${1:-}" in
   demo)
     ensure_env
@@ -46,6 +60,7 @@ case "${1:-}" in
     ;;
   test-slow)
     ensure_env
+    ensure_chromium
     shift
     exec "$VENV/bin/python" -m pytest tests -m slow --durations=5 "$@"
     ;;

@@ -73,10 +73,15 @@ class StageConfig:
     test_fraction: float = 0.15
     group_split_by: str = ""  # e.g. "session" for a split grouped by acquisition session
     skip_bad: bool = False
+    relabel: str = ""  # a label_review.csv (notebook 01's verdicts on doubted labels): its labels replace the given ones
     device: str = "auto"
     bootstrap: int = 200  # resamples behind every bootstrap interval (metrics, compositions)
     ash_classes: tuple[str, ...] = ()  # the volcanic ash classes; empty = those whose key or name says ash or tephra
     blank_samples: tuple[str, ...] = ()  # core sample ids that are procedural blanks: subtracted from the others
+    # The tephra pick list (notebooks 02 and 05, apply): the surest picks_per_class particles of each ash class per
+    # sample, and a crop sheet of the pick_sheet_samples richest samples.
+    picks_per_class: int = 10
+    pick_sheet_samples: int = 6
 
     @property
     def dataset_name(self) -> str:
@@ -149,10 +154,6 @@ class CNNConfig(TrainConfig):
     metadata_features: str = "shape"
     # Classes counted as another for concentrations, e.g. ("Missed=Junk",) where "Missed" means "not a cell either".
     count_as: tuple[str, ...] = ()
-    # The tephra pick list: the surest picks_per_class particles of each ash class per sample, and a crop sheet of
-    # the pick_sheet_samples richest samples.
-    picks_per_class: int = 10
-    pick_sheet_samples: int = 6
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,19 @@ def ash_classes(classes: Mapping[str, str], chosen: Sequence[str] = ()) -> list[
     return [k for k, name in classes.items() if any(w in f"{k} {name}".lower() for w in ("ash", "tephra"))]
 
 
-def pick_list(predictions: pd.DataFrame, core: pd.DataFrame, ash: Sequence[str], per_class: int = 10) -> pd.DataFrame:
+def pick_list(predictions: pd.DataFrame, core: pd.DataFrame, ash: Sequence[str], per_class: int = 10,
+              unknown: pd.Series | None = None) -> pd.DataFrame:
     """Per sample (in depth order) and ash class, the ``per_class`` surest particles predicted as that class.
 
     ``predictions``: calibrated ``p_<class>`` columns and ``pred`` per particle; ``core``: its sample_id (and
-    depth_m). Columns: sample_id, depth_m, class, rank, particle_id, probability.
+    depth_m); ``unknown``: particles flagged as fitting no known class (notebook 05), never picked: a new type
+    the classifier calls ash with confidence would otherwise take a microprobe slot. Columns: sample_id,
+    depth_m, class, rank, particle_id, probability.
     """
     if SAMPLE not in core:
         raise ValueError(f"a pick list is per sample: the core has no {SAMPLE} column")
+    if unknown is not None:
+        predictions = predictions[~unknown.reindex(predictions.index, fill_value=False).astype(bool)]
     table = pd.DataFrame({SAMPLE: core.loc[predictions.index, SAMPLE], "pred": predictions["pred"]})
     if DEPTH in core:
         table[DEPTH] = core.loc[predictions.index, DEPTH].astype(float)

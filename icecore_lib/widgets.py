@@ -7,7 +7,10 @@ Logic and plumbing are apart, so everything but the browser is testable:
 - :class:`Explorer`: jupyter-scatter (WebGL, fluid at 100k+ points; lasso/box selection) and ipywidgets
   around a session. ``Explorer.select(ids)`` and the buttons' ``click()`` drive it from code;
 - the review log itself lives in :mod:`icecore_lib.run.review` (``load_review``, ``review_to_labels``:
-  decisions back as labels for retraining), where the exports read it too.
+  decisions back as labels for retraining), where the exports read it too;
+- :class:`LabelReview`: notebook 01's doubted reference labels a page at a time (crop, given -> suggested, a
+  class to decide), the verdicts appended to ``<run_dir>/label_review.csv``; ``-p relabel=<that file>`` trains
+  the next run on them.
 
 In Colab the custom-widget manager jupyter-scatter needs is switched on when the explorer is built.
 """
@@ -25,8 +28,17 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .run.review import ARTEFACT, CANDIDATE, append_review, load_review, review_path, review_to_labels
-from .schema import PARTICLE_ID
+from .run.review import (
+    ARTEFACT,
+    CANDIDATE,
+    append_label_review,
+    append_review,
+    label_review_path,
+    load_review,
+    review_path,
+    review_to_labels,
+)
+from .schema import LABEL, PARTICLE_ID
 
 MAX_CATEGORIES = 64
 NONE = "(none)"
@@ -163,7 +175,8 @@ class Explorer:
         colourable = [c for c in self.frame.columns if c not in ("x", "y")]
         if color_by is not None and color_by not in colourable:
             raise KeyError(f"cannot colour by {color_by!r}; columns: {colourable}")
-        self.scatter = jscatter.Scatter(x="x", y="y", data=self.frame, height=520)
+        # A fixed width: "auto" binds the map to its container, which the gallery beside it squeezes to a strip.
+        self.scatter = jscatter.Scatter(x="x", y="y", data=self.frame, height=520, width=560)
         self.lasso_toggle = w.ToggleButtons(options=LASSO_TYPES, description="select", style={"button_width": "80px"})
         self.color_dropdown = w.Dropdown(options=[NONE, *colourable], value=color_by or NONE, description="colour")
         clusters = sorted(table[cluster_column].dropna().unique().tolist()) if cluster_column in table.columns else []
@@ -253,6 +266,81 @@ class Explorer:
         return self.layout._repr_mimebundle_(**kwargs)
 
 
+class LabelReview:
+    """The reference set's doubted labels, a page at a time: each crop with its given and suggested class and a
+    class to decide (the given one preselected: nothing changes unless a person changes it).
+
+    ``issues``: cleanlab's ranking (``given``, ``suggested`` by particle id, most doubtful first); ``table`` and
+    ``images``: the labelled particles, row-aligned. ``record()`` (the button) appends the page's verdicts to
+    ``<run_dir>/label_review.csv`` and turns to the next page.
+    """
+
+    def __init__(self, issues: pd.DataFrame, table: pd.DataFrame, images: np.ndarray, classes: Sequence[str],
+                 run_dir: Path | str, per_page: int = 12, thumb_px: int = 72) -> None:
+        import ipywidgets as w
+
+        self.session = ReviewSession(table, images, run_dir, max_thumbnails=per_page, thumb_px=thumb_px)
+        self.issues = issues
+        self.classes = list(classes)
+        self.per_page = per_page
+        self.page = 0
+        self.choices: dict[str, Any] = {}
+        self.grid = w.GridBox(layout=w.Layout(grid_template_columns=f"repeat(auto-fill, {thumb_px + 96}px)"))
+        self.suggest_button = w.Button(description="take every suggestion")
+        self.record_button = w.Button(description="record this page", button_style="success")
+        self.status = w.HTML()
+        self.suggest_button.on_click(lambda _: self.take_suggestions())
+        self.record_button.on_click(lambda _: self.record())
+        self.layout = w.VBox([self.grid, w.HBox([self.suggest_button, self.record_button]), self.status])
+        self._show_page()
+
+    def page_ids(self) -> list[str]:
+        """The particle ids of the current page."""
+        start = self.page * self.per_page
+        return list(self.issues.index[start:start + self.per_page])
+
+    def take_suggestions(self) -> None:
+        """Set every choice on the page to cleanlab's suggested class."""
+        for pid, choice in self.choices.items():
+            choice.value = str(self.issues.loc[pid, "suggested"])
+
+    def record(self) -> pd.DataFrame | None:
+        """Append the page's verdicts to the run's label review and turn the page; None when refused (status says)."""
+        verdicts = pd.Series({pid: choice.value for pid, choice in self.choices.items()}, dtype="string")
+        try:
+            rows = append_label_review(self.session.run_dir, verdicts, self.session.table[LABEL], self.classes)
+        except ValueError as error:
+            self.status.value = f"<span style='color:#c62828'>{html.escape(str(error))}</span>"
+            return None
+        changed = int((rows["label"] != rows["given"]).sum())
+        where = label_review_path(self.session.run_dir)
+        self.page += 1
+        self._show_page()
+        self.status.value = (f"{len(rows)} verdict(s) recorded ({changed} relabelled) in {where}; "
+                             f"retrain on them with <code>-p relabel={html.escape(str(where))}</code>")
+        return rows
+
+    def _show_page(self) -> None:
+        """The current page's crops, captions and class choices."""
+        import ipywidgets as w
+
+        px = self.session.thumb_px
+        self.choices = {pid: w.Dropdown(options=self.classes, value=str(self.issues.loc[pid, "given"]),
+                                        layout=w.Layout(width=f"{px + 88}px")) for pid in self.page_ids()}
+        self.grid.children = [
+            w.VBox([w.Image(value=self.session.thumbnail(pid), format="png", width=px, height=px),
+                    w.HTML(_caption(pid) + f"<div style='font-size:10px'>{html.escape(str(self.issues.loc[pid, 'given']))}"
+                           f" &rarr; {html.escape(str(self.issues.loc[pid, 'suggested']))}</div>"), choice])
+            for pid, choice in self.choices.items()
+        ]
+        pages = -(-len(self.issues) // self.per_page)
+        self.status.value = f"page {min(self.page + 1, pages)} of {pages}" if self.choices else "every page reviewed"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        """Render as the review widget when it is a cell's last expression."""
+        return self.layout._repr_mimebundle_(**kwargs)
+
+
 def _caption(particle_id: str) -> str:
     """A thumbnail's caption: the particle's file name, small, the full id on hover."""
     name = html.escape(str(particle_id).rsplit("/", 1)[-1])
@@ -264,6 +352,7 @@ __all__ = [
     "ARTEFACT",
     "CANDIDATE",
     "Explorer",
+    "LabelReview",
     "ReviewSession",
     "append_review",
     "load_review",

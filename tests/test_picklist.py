@@ -36,6 +36,14 @@ def test_each_sample_lists_its_surest_ash_particles_shallowest_sample_first():
     assert set(picks["class"]) == {"camp"} and "c2.png" not in set(picks["particle_id"])  # dust is never picked
 
 
+def test_particles_flagged_unknown_are_never_picked_and_the_next_surest_take_their_place():
+    predictions, core = _core()
+    unknown = pd.Series({"c3.png": True, "c7.png": True, "c0.png": False})  # others absent: not flagged
+    picks = pick_list(predictions, core, ["camp"], per_class=2, unknown=unknown)
+    assert picks["particle_id"].tolist() == ["c5.png", "c0.png", "c1.png"]
+    assert picks["rank"].tolist() == [1, 1, 2]
+
+
 def test_a_core_without_samples_is_refused():
     predictions, core = _core()
     with pytest.raises(ValueError, match="no sample_id column"):

@@ -16,6 +16,7 @@ from ..schema import LABEL, SPLIT
 from .layouts import Imported, import_path
 from .manifest import Manifest, ManifestError, ResolvedPart, load_manifest
 from .pack import Packed, pack_part
+from .relabel import corrected_labels, read_label_review
 from .resolve import dataset_classes, resolve_parts
 from .splits import packed_split
 from .validate import CheckReport, check_part, read_table
@@ -86,6 +87,14 @@ def load_dataset(cfg: StageConfig, progress: bool = True, workers: int = 0) -> D
                         workers=workers, progress=progress)
         for part in ("train", "core") if part in parts
     }
+    if cfg.relabel:
+        review = read_label_review(cfg.relabel)
+        if not len(review):
+            raise FileNotFoundError(f"relabel: {cfg.relabel} holds no verdicts (notebook 01's label review writes them)")
+        table = packed["train"].table
+        labels = corrected_labels(table[LABEL], review, source=str(cfg.relabel))
+        print(f"relabel: {int((labels != table[LABEL].astype('string')).sum())} labels changed by {cfg.relabel}")
+        packed["train"] = dataclasses.replace(packed["train"], table=table.assign(**{LABEL: labels.astype(str)}))
     split = packed_split(packed["train"], seed=cfg.seed, val_fraction=cfg.val_fraction,
                          test_fraction=cfg.test_fraction, group_by=cfg.group_split_by or None)
     train = dataclasses.replace(packed["train"], table=packed["train"].table.assign(**{SPLIT: split}))

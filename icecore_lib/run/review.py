@@ -1,5 +1,7 @@
-"""A run's review log: the decisions a person takes in the explorer (a candidate class and its name, or an
-artefact), appended to ``<run_dir>/review.csv`` and read back as labels for retraining or for an export."""
+"""A run's review logs: the decisions a person takes in the explorer (a candidate class and its name, or an
+artefact), appended to ``<run_dir>/review.csv`` and read back as labels for retraining or for an export; and the
+verdicts on the reference set's doubted labels (notebook 01), appended to ``<run_dir>/label_review.csv`` and read
+back as the corrected labels of the next run."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..data.relabel import read_label_review
 from ..files import atomic_write_table
 from ..schema import PARTICLE_ID
 from .artifacts import Run
@@ -58,6 +61,36 @@ def append_review(run_dir: Path | str, ids: Sequence[str], decision: str, name: 
         dtype="string",
     )
     atomic_write_table(pd.concat([load_review(run_dir), rows]), review_path(run_dir))
+    return rows
+
+
+def label_review_path(run_dir: Path | str) -> Path:
+    """Where a run's verdicts on doubted labels live (the run's ``label_review`` artefact)."""
+    return Run(run_dir).file("label_review")
+
+
+def load_label_review(run_dir: Path | str) -> pd.DataFrame:
+    """Every verdict on a doubted label taken in a run (oldest first), indexed by particle id."""
+    return read_label_review(label_review_path(run_dir))
+
+
+def append_label_review(run_dir: Path | str, verdicts: pd.Series, given: pd.Series, classes: Sequence[str]) -> pd.DataFrame:
+    """Append verdicts (particle id -> the label a person decided: the given one kept, or another class).
+
+    A label outside ``classes`` is refused, naming it and the particle; the log is rewritten atomically.
+    """
+    if not len(verdicts):
+        raise ValueError("no verdicts to record")
+    unknown = verdicts[~verdicts.isin(list(classes))]
+    if len(unknown):
+        raise ValueError(f"{unknown.index[0]}: label {unknown.iloc[0]!r} is not a class; classes: {list(classes)}")
+    missing = verdicts.index.difference(given.index)
+    if len(missing):
+        raise ValueError(f"{missing[0]}: not a labelled particle of this run")
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    rows = pd.DataFrame({"given": given.loc[verdicts.index].to_numpy(), "label": verdicts.to_numpy(), "timestamp": stamp},
+                        index=pd.Index(verdicts.index, name=PARTICLE_ID), dtype="string")
+    atomic_write_table(pd.concat([load_label_review(run_dir), rows]), label_review_path(run_dir))
     return rows
 
 

@@ -213,15 +213,17 @@ def concentrations(stage: ApplyStage, applied: Applied) -> pd.DataFrame | Skippe
     return table
 
 
-def tephra_pick_list(stage: ApplyStage, applied: Applied) -> tuple[pd.DataFrame, Figure] | Skipped:
-    """Per sample and ash class of the new core, the surest particles (table) and a crop sheet of the richest samples."""
+def tephra_pick_list(stage: ApplyStage, applied: Applied,
+                     scores: pd.DataFrame | Skipped) -> tuple[pd.DataFrame, Figure] | Skipped:
+    """Per sample and ash class of the new core, the surest particles (flagged unknowns set aside) and a crop sheet."""
     core = stage.data.core.table
     if SAMPLE not in core:
         return Skipped("the tephra pick list", f"the core has no {SAMPLE} column",
                        "add the sample or FlowCam run of each particle")
     cfg = stage.trained.cnn_cfg
+    unknown = scores["unknown"] if isinstance(scores, pd.DataFrame) and "unknown" in scores else None
     picks = write_pick_list(stage.run, cfg, applied.predictions, core, stage.trained.card["classes"],
-                            artifact="applied_pick_list")
+                            artifact="applied_pick_list", unknown=unknown)
     if isinstance(picks, Skipped):
         return picks
     return picks, pick_sheet(stage.data.core.images, core.index, picks, cfg.pick_sheet_samples,

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..config import CNNConfig
+from ..config import StageConfig
 from ..data.dataset import DatasetBundle
 from ..data.splits import split_ids
 from ..evaluate import (
@@ -368,14 +368,15 @@ def tephra_pick_list(stage: Stage, predictions: pd.DataFrame) -> tuple[pd.DataFr
                              stage.cfg.pick_sheet_samples, stage.figure("02_tephra_pick_sheet.png"))
 
 
-def write_pick_list(run: Run, cfg: CNNConfig, predictions: pd.DataFrame, core: pd.DataFrame,
-                    classes: dict[str, str], artifact: str = "pick_list") -> pd.DataFrame | Skipped:
-    """The pick list of a run's core predictions, written as ``artifact`` (Skipped without ash classes)."""
+def write_pick_list(run: Run, cfg: StageConfig, predictions: pd.DataFrame, core: pd.DataFrame,
+                    classes: dict[str, str], artifact: str = "pick_list",
+                    unknown: pd.Series | None = None) -> pd.DataFrame | Skipped:
+    """The pick list of a run's core predictions (``unknown`` particles set aside), written as ``artifact``."""
     ash = ash_classes({k: classes.get(k, k) for k in table_proba(predictions).columns}, cfg.ash_classes)
     if not ash:
         return Skipped("the tephra pick list", "no class is an ash class",
                        "name them with -p ash_classes=[...] (classes whose name says ash or tephra are found alone)")
-    picks = pick_list(predictions, core, ash, cfg.picks_per_class)
+    picks = pick_list(predictions, core, ash, cfg.picks_per_class, unknown)
     run.write(artifact, picks)
     return picks
 

@@ -54,7 +54,7 @@ from ..schema import DEPTH, LABEL, NEW_CLASS, SAMPLE, SPLIT
 from ..train.autoencoder import LATENT_PREFIX, RECON, AEOutputs
 from ..train.classifier import ClassifierOutputs
 from ..widgets import Explorer
-from .cnn import table_proba, train_priors
+from .cnn import pick_sheet, table_proba, train_priors, write_pick_list
 from .loco import holdouts_in_run, load_fold
 from .maps import load_map
 from .spaces import Space, core_model_name, core_predictions
@@ -513,6 +513,22 @@ def depth_diagram(stage: Stage, core_view: pd.DataFrame) -> Figure | Skipped:
                                 stage.run.read("core_concentrations") if stage.run.exists("core_concentrations") else None,
                                 core_view, stage.bundle.core.table, ash_classes(stage.bundle.classes, stage.cfg.ash_classes),
                                 stage.figure("05_stratigraphic_diagram.png"))
+
+
+@step("the tephra pick list without the unknowns", core_columns=(SAMPLE,), to="pick ash shards for the microprobe")
+def tephra_pick_list(stage: Stage, core_view: pd.DataFrame) -> tuple[pd.DataFrame, Figure] | Skipped:
+    """Notebook 02's pick list again, the particles flagged unknown set aside: the list to take to the microprobe."""
+    predictions = core_predictions(stage.run)
+    unknown = core_view["unknown"] if "unknown" in core_view else None
+    picks = write_pick_list(stage.run, stage.cfg, predictions, stage.bundle.core.table, stage.bundle.classes,
+                            artifact="discovery_pick_list", unknown=unknown)
+    if isinstance(picks, Skipped):
+        return picks
+    if unknown is not None and stage.run.exists("pick_list"):
+        dropped = stage.run.read("pick_list")["particle_id"].isin(unknown.index[unknown.astype(bool)])
+        print(f"{int(dropped.sum())} of notebook 02's {len(dropped)} picks are flagged unknown here and set aside")
+    return picks, pick_sheet(stage.bundle.core.images, stage.bundle.core.table.index, picks, stage.cfg.pick_sheet_samples,
+                             stage.figure("05_tephra_pick_sheet.png"))
 
 
 def stratigraphic_figure(composition: pd.DataFrame, concentrations: pd.DataFrame | None, core_view: pd.DataFrame,

@@ -22,6 +22,7 @@ from ..plots.gallery import top_k_gallery
 from ..run.notebook import Skipped, Stage
 from ..schema import LABEL
 from ..train.classifier import ClassifierOutputs, fit_bdt, fit_torch_classifier
+from ..widgets import LabelReview
 
 SHOWN_PARAMETERS = ("eta", "max_depth", "n_estimators")
 
@@ -101,6 +102,13 @@ def label_issue_gallery(stage: Stage, found: LabelIssues, k: int = 24) -> Figure
     return top_k_gallery(stage.bundle.train.images, view, "doubt", k=k, caption_columns=("given", "suggested"),
                          title="Labels the data doubts most: given -> suggested (look, then relabel or keep)",
                          path=stage.figure("01_label_issues.png"))
+
+
+def review_labels(stage: Stage, found: LabelIssues) -> LabelReview | Skipped:
+    """The doubted labels a page at a time, to keep or correct; verdicts go to the run's ``label_review.csv``."""
+    if not len(found.issues):
+        return Skipped("the label review", "no label is contradicted by the out-of-fold probabilities")
+    return LabelReview(found.issues, stage.table, stage.bundle.train.images, list(stage.bundle.classes), stage.run.path)
 
 
 def train_mlp(stage: Stage) -> ClassifierOutputs:
