@@ -41,6 +41,9 @@ class SynthConfig:
     n_core: int = 6000
     n_core_samples: int = 12
     diatom_fraction: float = 0.015
+    # How far the core's sessions lie from the lab's (background, vignetting, focus, noise): 0 = drawn like the
+    # lab's (no acquisition shift), 1 = the demo's darker, softer, noisier core, 2 = twice as far, and so on.
+    shift_severity: float = 1.0
     workers: int = 0  # 0 = all cores
 
 

@@ -16,7 +16,7 @@ import icecore_lib.synth.dataset as writer
 from icecore_lib.config import SynthConfig, synth_config
 from icecore_lib.schema import CLASSES, DEPTH, FLOWCAM_FEATURES, IMGPATH, LABEL, NEW_CLASS, SAMPLE, SESSION, VOLUME
 from icecore_lib.synth.dataset import generate, plan_core
-from icecore_lib.synth.sessions import train_sessions
+from icecore_lib.synth.sessions import _CORE, _LAB, core_sessions, core_settings, train_sessions
 
 TINY = {"n_train_per_class": 5, "n_core": 50, "n_core_samples": 3, "diatom_fraction": 0.1, "workers": 1}
 FILES = {"train.zip", "train.csv", "core.zip", "core.csv", "core_truth.csv", "preview.png", "synth.json"}
@@ -150,3 +150,14 @@ def test_bad_config_is_refused_naming_the_field(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="diatom_fraction"):
         generate(tmp_path / "data", tiny(diatom_fraction=1.5), progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_shift_severity_moves_the_core_sessions_away_from_the_labs_step_by_step() -> None:
+    assert core_settings(1.0) == _CORE and core_settings(0.0) == _LAB
+    far = core_settings(2.0)
+    assert far.background == (92.0, 98.0) and far.blur == pytest.approx((1.4, 1.8))
+    means = {s: np.mean([[x.background, x.blur, x.noise] for x in core_sessions(0, 12, s)], axis=0) for s in (0, 1, 2)}
+    assert means[0][0] > means[1][0] > means[2][0]  # darker
+    assert means[0][1] < means[1][1] < means[2][1] and means[0][2] < means[1][2] < means[2][2]  # softer, noisier
+    with pytest.raises(ValueError, match="shift_severity"):
+        writer.check_config(synth_config("ci", shift_severity=-1))

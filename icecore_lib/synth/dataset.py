@@ -84,6 +84,8 @@ def check_config(cfg: SynthConfig) -> None:
         raise ValueError(f"SynthConfig.diatom_fraction must be in [0, 1), got {cfg.diatom_fraction}")
     if cfg.workers < 0:
         raise ValueError(f"SynthConfig.workers must be >= 0 (0 = all cores), got {cfg.workers}")
+    if not 0 <= cfg.shift_severity <= 4:
+        raise ValueError(f"SynthConfig.shift_severity must be in [0, 4] (1 = the demo's shift), got {cfg.shift_severity}")
 
 
 def _file_name(session: str, index: int, sample: str | None = None) -> str:
@@ -154,7 +156,7 @@ def _fluid_volumes(seed: int, sizes: np.ndarray) -> np.ndarray:
 
 def _core_sessions(cfg: SynthConfig) -> list[Session]:
     """The core's sessions: one per contiguous run of samples, at most ``MAX_CORE_SESSIONS``."""
-    return core_sessions(cfg.seed, min(MAX_CORE_SESSIONS, cfg.n_core_samples))
+    return core_sessions(cfg.seed, min(MAX_CORE_SESSIONS, cfg.n_core_samples), cfg.shift_severity)
 
 
 def _tasks(part: str, plan: pd.DataFrame, sessions: dict[str, Session], preview: set[str]) -> list[Task]:

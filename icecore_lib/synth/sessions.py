@@ -4,7 +4,8 @@ As in the reference labs, each particle type was run in its own session (named l
 class carries its session's signature (background level, vignetting, focus, noise): mild, but learnable, which
 is the shortcut a session audit looks for. Runs on the same day share most settings (the two oaks both ran on
 17 Nov, as in the study). The core was run weeks later in sessions of its own: a darker background, softer
-focus and more noise, the mild domain shift a classifier meets in the field.
+focus and more noise, the mild domain shift a classifier meets in the field; ``SynthConfig.shift_severity``
+scales it (0 = none, 1 = the demo's, 2 = twice as far).
 """
 
 from __future__ import annotations
@@ -91,10 +92,27 @@ def train_sessions(seed: int) -> dict[str, Session]:
     return sessions
 
 
-def core_sessions(seed: int, n: int) -> list[Session]:
-    """The core's ``n`` sessions on consecutive days, darker, softer and noisier than the lab's."""
+def core_settings(severity: float) -> _Settings:
+    """The ranges the core's sessions are drawn from: the lab's moved ``severity`` times the demo's lab -> core step.
+
+    Each range end moves by ``severity * (core end - lab end)``: 0 gives the lab's ranges (no shift), 1 the demo's
+    core exactly, 2 twice as dark, soft and noisy a step; vignetting, blur and noise stay non-negative.
+    """
+    if severity == 1.0:
+        return _CORE
+
+    def moved(lab: tuple[float, float], core: tuple[float, float]) -> tuple[float, float]:
+        return tuple(max(a + severity * (b - a), 0.0) for a, b in zip(lab, core))
+
+    return _Settings(background=moved(_LAB.background, _CORE.background), vignetting=moved(_LAB.vignetting, _CORE.vignetting),
+                     blur=moved(_LAB.blur, _CORE.blur), noise=moved(_LAB.noise, _CORE.noise))
+
+
+def core_sessions(seed: int, n: int, severity: float = 1.0) -> list[Session]:
+    """The core's ``n`` sessions on consecutive days, ``severity`` times as far from the lab's as the demo's core."""
     rng = np.random.default_rng([seed, _SESSION_STREAM, 1])
-    return [_draw(rng, f"{CORE_SESSION_PREFIX}_{5 + k:02d}feb", _CORE) for k in range(n)]
+    settings = core_settings(severity)
+    return [_draw(rng, f"{CORE_SESSION_PREFIX}_{5 + k:02d}feb", settings) for k in range(n)]
 
 
 def _margins(rng: np.random.Generator, shape: tuple[int, int], cut_rate: float) -> np.ndarray:
