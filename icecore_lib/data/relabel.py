@@ -15,18 +15,25 @@ from ..schema import PARTICLE_ID
 LABEL_REVIEW_COLUMNS = ("given", "label", "timestamp")
 
 
-def read_label_review(path: Path | str) -> pd.DataFrame:
-    """Every verdict in a label-review log (oldest first), indexed by particle id; empty when the file is absent."""
+def read_decision_log(path: Path | str, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A review log (particle id, then ``columns``, as strings; oldest first); empty when the file is absent.
+
+    A log without its columns is an error naming the file and what it lacks.
+    """
     path = Path(path)
     if not path.exists():
         empty = pd.Index([], dtype="string", name=PARTICLE_ID)
-        return pd.DataFrame({c: pd.Series(dtype="string") for c in LABEL_REVIEW_COLUMNS}, index=empty)
-    review = pd.read_csv(path, index_col=0, dtype="string", keep_default_na=False)
-    missing = [c for c in LABEL_REVIEW_COLUMNS if c not in review.columns]
-    if missing or review.index.name != PARTICLE_ID:
-        raise ValueError(f"{path}: expected columns {[PARTICLE_ID, *LABEL_REVIEW_COLUMNS]}, "
-                         f"missing {missing or [PARTICLE_ID]}")
-    return review[list(LABEL_REVIEW_COLUMNS)]
+        return pd.DataFrame({c: pd.Series(dtype="string") for c in columns}, index=empty)
+    log = pd.read_csv(path, index_col=0, dtype="string", keep_default_na=False)
+    missing = [c for c in columns if c not in log.columns]
+    if missing or log.index.name != PARTICLE_ID:
+        raise ValueError(f"{path}: expected columns {[PARTICLE_ID, *columns]}, missing {missing or [PARTICLE_ID]}")
+    return log[list(columns)]
+
+
+def read_label_review(path: Path | str) -> pd.DataFrame:
+    """Every verdict in a label-review log (oldest first), indexed by particle id; empty when the file is absent."""
+    return read_decision_log(path, LABEL_REVIEW_COLUMNS)
 
 
 def corrected_labels(labels: pd.Series, review: pd.DataFrame, source: str = "the label review") -> pd.Series:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data.relabel import read_label_review
+from ..data.relabel import read_decision_log, read_label_review
 from ..files import atomic_write_table
 from ..schema import PARTICLE_ID
 from .artifacts import Run
@@ -30,14 +30,7 @@ def review_path(run_dir: Path | str) -> Path:
 def load_review(run_dir: Path | str) -> pd.DataFrame:
     """Every decision taken in a run (oldest first), indexed by particle id; empty when none yet."""
     path = review_path(run_dir)
-    if not path.exists():
-        empty = pd.Index([], dtype="string", name=PARTICLE_ID)
-        return pd.DataFrame({c: pd.Series(dtype="string") for c in REVIEW_COLUMNS}, index=empty)
-    review = pd.read_csv(path, index_col=0, dtype="string", keep_default_na=False)
-    missing = [c for c in REVIEW_COLUMNS if c not in review.columns]
-    if missing or review.index.name != PARTICLE_ID:
-        expected = [PARTICLE_ID, *REVIEW_COLUMNS]
-        raise ValueError(f"{path}: expected columns {expected}, missing {missing or [PARTICLE_ID]}")
+    review = read_decision_log(path, REVIEW_COLUMNS)
     bad = ~review["decision"].isin(DECISIONS)
     if bad.any():
         row = int(bad.to_numpy().argmax())
