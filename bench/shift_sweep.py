@@ -33,22 +33,21 @@ REPO = Path(__file__).resolve().parents[1]
 SPEED = {"variants": ["both"], "search_iterations": 0}
 
 
-def dataset_entry(severity: float, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The manifest entry of one sweep point's synthetic dataset."""
+def dataset_entry(severity: float, seed: int, args: argparse.Namespace, parts: dict[str, Any]) -> dict[str, Any]:
+    """The manifest entry of one sweep point's synthetic dataset (the demo entry's parts, other sizes and shift)."""
     overrides = {"shift_severity": severity, "n_train_per_class": args.train_per_class, "n_core": args.core,
                  "n_core_samples": args.samples, "diatom_fraction": args.diatom_fraction}
     return {"description": f"shift sweep: severity {severity}, seed {seed}",
-            "synthetic": {"profile": "demo", "seed": seed, "overrides": overrides},
-            "parts": {"train": {"csv": "train.csv", "images": "train.zip"},
-                      "core": {"csv": "core.csv", "images": "core.zip"}, "truth": {"csv": "core_truth.csv"}}}
+            "synthetic": {"profile": "demo", "seed": seed, "overrides": overrides}, "parts": parts}
 
 
 def write_manifest(points: list[tuple[float, int]], args: argparse.Namespace, folder: Path) -> Path:
-    """One manifest holding every sweep point's dataset (the project's class names)."""
-    classes = yaml.safe_load((REPO / "data_manifest.yaml").read_text())["classes"]
-    datasets = {point_name(s, seed): dataset_entry(s, seed, args) for s, seed in points}
+    """One manifest holding every sweep point's dataset, with the project manifest's classes and synthetic parts."""
+    project = yaml.safe_load((REPO / "data_manifest.yaml").read_text())
+    parts = project["datasets"]["synthetic-demo"]["parts"]
+    datasets = {point_name(s, seed): dataset_entry(s, seed, args, parts) for s, seed in points}
     path = folder / "sweep_manifest.yaml"
-    path.write_text(yaml.safe_dump({"classes": classes, "datasets": datasets}, sort_keys=False))
+    path.write_text(yaml.safe_dump({"classes": project["classes"], "datasets": datasets}, sort_keys=False))
     return path
 
 

@@ -45,6 +45,15 @@ def test_a_score_near_the_best_on_average_but_blind_to_one_held_out_class_is_not
     assert choice.loc["maha_meta", "loco_worst_auroc"] == pytest.approx(0.41)
 
 
+def test_when_no_score_is_near_the_best_on_both_counts_the_best_on_average_is_kept_alone() -> None:
+    columns = pd.MultiIndex.from_product([["excess_meta", "knn_meta", "combined_rank"], ["auroc"]],
+                                         names=["score", "metric"])
+    folds = {"corylus": [0.50, 0.70, 0.5], "dust": [0.95, 0.70, 0.5], "mean": [0.725, 0.70, 0.5]}
+    loco = pd.DataFrame(folds.values(), index=pd.Index(list(folds), name="held_out"), columns=columns)
+    choice = choose_scores(loco, pd.Series(0.0, index=["excess_meta", "knn_meta"]), margin=0.01, max_shift=0.05)
+    assert list(choice.index[choice["chosen"]]) == ["excess_meta"]
+
+
 def test_setting_the_flagged_unknowns_aside_recovers_the_known_composition() -> None:
     truth = pd.Series(["ash"] * 70 + ["dust"] * 30 + ["diatom"] * 40)
     looks_like = truth.replace({"diatom": "dust"})  # the new class is counted as its look-alike
