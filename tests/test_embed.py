@@ -104,3 +104,30 @@ def test_embedding_figures_are_written(tmp_path):
     heat = plot_loco_heatmap(loco, metrics=("knn_purity", "distance_auroc"), path=tmp_path / "loco.png")
     assert [t.get_text() for t in heat.axes[0].get_yticklabels()] == ["Dust", "Pollen #2 Q. robur"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loco.png", "loco_maps.png", "map.png", "train_core.png"]
+
+
+def test_umap_above_nn_descents_size_uses_exact_neighbours_and_still_transforms(monkeypatch):
+    import pynndescent
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("NN-descent was built: every fresh process would compile it again (~30 s)")
+
+    monkeypatch.setattr(pynndescent.NNDescent, "__init__", refuse)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 10, (3, 8))
+    labels = np.repeat(np.arange(3), 1400)  # 4,200 points: above umap-learn's 4,096-point exact cut
+    X = centres[labels] + rng.normal(0, 1, (len(labels), 8))
+    reducer = UMAPReducer(n_neighbors=10, n_epochs=50).fit(X)
+    new = centres[[0, 1, 2]] + rng.normal(0, 1, (3, 8))
+    knn = KNeighborsClassifier(5).fit(reducer.umap_.embedding_, labels)
+    assert list(knn.predict(reducer.transform(new))) == [0, 1, 2]
+
+
+def test_exact_index_finds_each_points_true_neighbours():
+    from icecore_lib.knn import ExactIndex
+
+    X = np.random.default_rng(1).normal(size=(300, 5)).astype(np.float32)
+    idx, dist = ExactIndex(X).neighbour_graph(4)
+    brute = np.linalg.norm(X[:, None] - X[None], axis=2)
+    assert (idx[:, 0] == np.arange(300)).all() and idx.dtype == np.int32
+    np.testing.assert_allclose(dist, np.sort(brute, axis=1)[:, :4], atol=1e-4)

@@ -6,6 +6,7 @@ DataFrame out with the same index, so per-particle results stay keyed by particl
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,14 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..files import atomic_path
 from ..frames import ArrayOrFrame, as_matrix, check_n_features, embedding_frame
+from ..knn import ExactIndex
 from ..numba_cache import umap_module
 
 
 class UMAPReducer(TransformerMixin, BaseEstimator):
     """Seeded umap-learn UMAP with fit / transform / save / load; new points are placed on the fitted map.
+
+    Its neighbour graph and the new points' neighbours are exact (:mod:`icecore_lib.knn`), not NN-descent's.
 
     A fixed ``random_state`` makes umap-learn deterministic and single-threaded (its own rule);
     pass ``random_state=None`` to trade reproducibility for all cores.
@@ -52,7 +56,9 @@ class UMAPReducer(TransformerMixin, BaseEstimator):
         """Fit umap-learn on a checked matrix."""
         if values.shape[0] <= self.n_neighbors:
             raise ValueError(f"X has {values.shape[0]} rows; UMAP needs more than n_neighbors={self.n_neighbors}")
-        self.umap_ = umap_module().UMAP(
+        index = ExactIndex(values, self.metric)
+        knn = (*index.neighbour_graph(self.n_neighbors), index)
+        reducer = umap_module().UMAP(
             n_neighbors=self.n_neighbors,
             min_dist=self.min_dist,
             metric=self.metric,
@@ -62,7 +68,12 @@ class UMAPReducer(TransformerMixin, BaseEstimator):
             n_jobs=1 if self.random_state is not None else -1,
             tqdm_kwds={"disable": not self.progress},
             verbose=self.progress,
-        ).fit(values)
+            precomputed_knn=knn,
+        )
+        with warnings.catch_warnings():
+            # umap-learn warns that an index of another kind than NN-descent's cannot transform; ours can (query).
+            warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
+            self.umap_ = reducer.fit(values)
         self.n_features_in_ = values.shape[1]
         return self
 

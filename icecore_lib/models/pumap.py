@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from tqdm.auto import trange
 
 from ..files import atomic_path
 from ..frames import ArrayOrFrame, as_matrix, check_n_features, embedding_frame
+from ..knn import ExactIndex
 from ..nn.device import resolve_device
 from ..numba_cache import umap_module
 
@@ -37,8 +37,6 @@ _FORMAT_VERSION = 1
 _WEIGHT_CUT_EPOCHS = 200
 # Keeps log(d^2) finite for coincident points; the same role as umap-learn's 0.001 in its repulsion.
 _DIST_EPS = 1e-3
-# umap-learn also switches from exact neighbours to NN-descent at this size.
-_EXACT_KNN_BELOW = 4096
 
 
 class UMAPEncoder(nn.Module):
@@ -77,7 +75,7 @@ class UMAPGraph:
 
 def umap_graph(X: np.ndarray, n_neighbors: int, metric: str = "euclidean", seed: int = 0) -> UMAPGraph:
     """The fuzzy simplicial set of ``X`` from umap-learn, on seeded nearest neighbours."""
-    knn_idx, knn_dist = nearest_neighbours(X, n_neighbors, metric, seed)
+    knn_idx, knn_dist = ExactIndex(X, metric).neighbour_graph(n_neighbors)
     graph, _, _ = umap_module().umap_.fuzzy_simplicial_set(
         X, n_neighbors, np.random.RandomState(seed), metric, knn_indices=knn_idx, knn_dists=knn_dist
     )
@@ -85,15 +83,6 @@ def umap_graph(X: np.ndarray, n_neighbors: int, metric: str = "euclidean", seed:
     graph.sum_duplicates()
     keep = graph.data >= graph.data.max() / _WEIGHT_CUT_EPOCHS
     return UMAPGraph(graph.row[keep].astype(np.int64), graph.col[keep].astype(np.int64), graph.data[keep])
-
-
-def nearest_neighbours(X: np.ndarray, k: int, metric: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each point's ``k`` nearest (itself first): exact below umap-learn's 4096-point cut, else NN-descent."""
-    if len(X) < _EXACT_KNN_BELOW:
-        dist, idx = NearestNeighbors(n_neighbors=k, metric=metric).fit(X).kneighbors(X)
-        return idx.astype(np.int32), dist.astype(np.float32)
-    idx, dist, _ = umap_module().umap_.nearest_neighbors(X, k, metric, {}, False, np.random.RandomState(seed), n_jobs=1)
-    return idx, dist
 
 
 def sample_edges(weight: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
