@@ -83,15 +83,19 @@ class HoldoutRun:
 
 def train_without(bundle: DatasetBundle, cfg: EmbedConfig, holdout: str, run: Run, *,
                   progress: bool = True) -> HoldoutRun:
-    """Train the image CNN and the autoencoder on ``cfg.loco_train_fraction`` of the other classes (same loop)."""
+    """Train the image CNN and the autoencoder on ``cfg.loco_train_fraction`` of the other classes (same loop).
+
+    The fold's models embed the labelled particles only: notebooks 04 and 05 measure a fold on the labelled splits.
+    """
     if holdout not in set(bundle.train.table[LABEL]):
         raise ValueError(f"holdout class {holdout!r} is not in the labelled data; classes: {sorted(bundle.classes)}")
     share = cfg.loco_train_fraction
     cnn = fit_torch_classifier(bundle, cfg, "image", run.file("model", model=f"loco_{holdout}/cnn"),
-                               exclude=(holdout,), name=f"loco_{holdout}_cnn", progress=progress, train_fraction=share)
+                               exclude=(holdout,), name=f"loco_{holdout}_cnn", progress=progress, train_fraction=share,
+                               score_core=False)
     _, ae = fit_autoencoder(bundle, cfg, cfg.ae_latent, run.file("model", model=f"loco_{holdout}/ae"),
                             exclude=(holdout,), name=f"loco_{holdout}_ae{cfg.ae_latent}", progress=progress,
-                            train_fraction=share)
+                            train_fraction=share, score_core=False)
     return HoldoutRun(holdout, cnn, ae)
 
 

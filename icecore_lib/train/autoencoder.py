@@ -71,8 +71,8 @@ def training_rows(bundle: DatasetBundle, train_on: str, exclude: tuple[str, ...]
 
 def fit_autoencoder(bundle: DatasetBundle, cfg: TrainConfig, latent_dim: int, out_dir: Path, *,
                     train_on: str = "train", exclude: tuple[str, ...] = (), name: str = "", progress: bool = True,
-                    train_fraction: float = 1.0) -> tuple[ConvAutoencoder, AEOutputs]:
-    """Train one autoencoder and score every particle of the labelled part and the core.
+                    train_fraction: float = 1.0, score_core: bool = True) -> tuple[ConvAutoencoder, AEOutputs]:
+    """Train one autoencoder and score every particle of the labelled part and (``score_core``) the core.
 
     ``train_fraction``: the share of the training rows it learns from (by class on the labelled part, seeded).
     """
@@ -86,7 +86,8 @@ def fit_autoencoder(bundle: DatasetBundle, cfg: TrainConfig, latent_dim: int, ou
     history = fit(model, choose_batches(images, train_rows, shuffle=True, **common),
                   choose_batches(images, val_rows, shuffle=False, **common),
                   cfg=cfg, out_dir=out_dir, task="reconstruct", progress=progress)
-    tables = {name: score_part(model, packed, cfg, progress) for name, packed in bundle.parts().items()}
+    tables = {name: score_part(model, packed, cfg, progress) for name, packed in bundle.parts().items()
+              if name != "core" or score_core}
     return model, AEOutputs(name or f"ae{latent_dim}", latent_dim, tables["train"], tables.get("core"), history.frame)
 
 

@@ -104,9 +104,10 @@ def build_torch_classifier(kind: str, n_classes: int, cfg: TrainConfig, weights:
 
 def fit_torch_classifier(
     bundle: DatasetBundle, cfg: TrainConfig, kind: str, out_dir: Path, *, exclude: tuple[str, ...] = (),
-    name: str = "", progress: bool = True, train_fraction: float = 1.0,
+    name: str = "", progress: bool = True, train_fraction: float = 1.0, score_core: bool = True,
 ) -> ClassifierOutputs:
-    """Train one torch classifier on the train split (early stopping on val) and predict every particle.
+    """Train one torch classifier on the train split (early stopping on val) and predict every labelled particle
+    and (``score_core``) every core particle.
 
     ``exclude``: classes left out of training (leave-one-class-out); their particles are still predicted.
     ``train_fraction``: the share of each class's training rows it learns from (stratified, seeded).
@@ -130,7 +131,7 @@ def fit_torch_classifier(
     atomic_write_json(out_dir / PREPROCESSING_FILE, {"classes": classes, "scaler": scaler.state_dict()})
     trained = TrainedClassifier(kind, model, classes, scaler)
     logits, emb = trained.predict(bundle.train, cfg, progress=progress)
-    core_logits, core_emb = trained.predict(bundle.core, cfg, progress=progress) if bundle.core is not None else (None, None)
+    core_logits, core_emb = trained.predict(bundle.core, cfg, progress=progress) if bundle.core is not None and score_core else (None, None)
     return ClassifierOutputs(name or kind, classes, logits, core_logits, emb, core_emb, history.frame)
 
 
