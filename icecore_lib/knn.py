@@ -4,7 +4,7 @@ umap-learn builds its neighbour graph with pynndescent from 4,096 points up, and
 kernels inside functions, where numba's on-disk cache cannot keep them: ~30 s of compiling in every fresh
 process (each notebook kernel, each test run; docs/measurements.md), longer than the search itself at the sizes
 a lab embeds (tens of thousands of 40- or 64-dim points: a BLAS distance pass in seconds). Exact neighbours are
-also what NN-descent approximates, so the graph can only get better. :class:`ExactIndex` answers umap-learn's
+what NN-descent approximates (docs/measurements.md compares the maps). :class:`ExactIndex` answers umap-learn's
 ``transform`` the way its NN-descent index does (``query``), so new points are placed on the map as before.
 """
 

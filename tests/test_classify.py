@@ -15,7 +15,7 @@ import torch
 from icecore_lib.config import AEConfig, CNNConfig, EmbedConfig, stage_config
 from icecore_lib.quantify import composition_error
 from icecore_lib.run.artifacts import Run
-from icecore_lib.schema import FLOWCAM_FEATURES, GRAY_LEVEL_FEATURES, feature_set
+from icecore_lib.schema import FLOWCAM_FEATURES, GRAY_LEVEL_FEATURES, LABEL, feature_set
 from icecore_lib.stages.cnn import compositions, sample_errors
 from icecore_lib.stages.loco import train_without
 from icecore_lib.train.autoencoder import fit_autoencoder
@@ -113,8 +113,8 @@ def test_each_core_sample_is_scored_against_its_own_truth() -> None:
 def test_a_leave_one_class_out_fold_embeds_the_labelled_particles_only(tiny_bundle, tmp_path: Path) -> None:
     """Notebooks 04 and 05 measure a fold on the labelled splits: its models spend no pass on the core."""
     cfg = stage_config(EmbedConfig, "ci", device="cpu", epochs=1, overrides={"ae_latent": 8})
-    holdout = sorted(set(tiny_bundle.train.table["label"]))[0]
+    holdout = sorted(set(tiny_bundle.train.table[LABEL]))[0]
     fold = train_without(tiny_bundle, cfg, holdout, Run(tmp_path), progress=False)
     assert fold.cnn.core_logits is None and fold.ae.core is None
     assert len(fold.cnn.labelled_embedding) == len(fold.ae.labelled) == len(tiny_bundle.train.table)
-    assert holdout in set(tiny_bundle.train.table.loc[fold.cnn.labelled_logits.index, "label"])
+    assert holdout in set(tiny_bundle.train.table.loc[fold.cnn.labelled_logits.index, LABEL])

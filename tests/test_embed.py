@@ -5,12 +5,14 @@ from __future__ import annotations
 import joblib
 import numpy as np
 import pandas as pd
+import pynndescent
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
 from icecore_lib.embed.compare import compare_embeddings
 from icecore_lib.embed.umap import UMAPReducer
 from icecore_lib.frames import as_matrix
+from icecore_lib.knn import ExactIndex
 from icecore_lib.plots.embed import plot_embedding, plot_holdout_comparison, plot_loco_heatmap, plot_train_core
 
 
@@ -107,8 +109,6 @@ def test_embedding_figures_are_written(tmp_path):
 
 
 def test_umap_above_nn_descents_size_uses_exact_neighbours_and_still_transforms(monkeypatch):
-    import pynndescent
-
     def refuse(*args, **kwargs):
         raise AssertionError("NN-descent was built: every fresh process would compile it again (~30 s)")
 
@@ -124,8 +124,6 @@ def test_umap_above_nn_descents_size_uses_exact_neighbours_and_still_transforms(
 
 
 def test_exact_index_finds_each_points_true_neighbours():
-    from icecore_lib.knn import ExactIndex
-
     X = np.random.default_rng(1).normal(size=(300, 5)).astype(np.float32)
     idx, dist = ExactIndex(X).neighbour_graph(4)
     brute = np.linalg.norm(X[:, None] - X[None], axis=2)

@@ -74,7 +74,7 @@ class UMAPGraph:
 
 
 def umap_graph(X: np.ndarray, n_neighbors: int, metric: str = "euclidean", seed: int = 0) -> UMAPGraph:
-    """The fuzzy simplicial set of ``X`` from umap-learn, on seeded nearest neighbours."""
+    """The fuzzy simplicial set of ``X`` from umap-learn, on exact nearest neighbours."""
     knn_idx, knn_dist = ExactIndex(X, metric).neighbour_graph(n_neighbors)
     graph, _, _ = umap_module().umap_.fuzzy_simplicial_set(
         X, n_neighbors, np.random.RandomState(seed), metric, knn_indices=knn_idx, knn_dists=knn_dist

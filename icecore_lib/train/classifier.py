@@ -131,7 +131,9 @@ def fit_torch_classifier(
     atomic_write_json(out_dir / PREPROCESSING_FILE, {"classes": classes, "scaler": scaler.state_dict()})
     trained = TrainedClassifier(kind, model, classes, scaler)
     logits, emb = trained.predict(bundle.train, cfg, progress=progress)
-    core_logits, core_emb = trained.predict(bundle.core, cfg, progress=progress) if bundle.core is not None and score_core else (None, None)
+    core_logits, core_emb = None, None
+    if bundle.core is not None and score_core:
+        core_logits, core_emb = trained.predict(bundle.core, cfg, progress=progress)
     return ClassifierOutputs(name or kind, classes, logits, core_logits, emb, core_emb, history.frame)
 
 
