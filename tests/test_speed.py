@@ -1,5 +1,5 @@
-"""What makes training and mapping fast on a CPU gives the same results: matmul weight gradients, half-size epochs,
-stratified shares for the leave-one-class-out folds, numba's cache for umap-learn, the reference numbers' check."""
+"""What makes training and mapping fast on a CPU gives the same results: bf16 on request, matmul weight gradients,
+half-size epochs, stratified shares for the leave-one-class-out folds, numba's cache for umap-learn, the reference numbers' check."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from icecore_lib.config import CNNConfig, TrainConfig, stage_config
 from icecore_lib.data.splits import stratified_subset
 from icecore_lib.models.cnn import ParticleCNN
 from icecore_lib.nn.conv import MatmulGradConv2d, matmul_grad_pays, use_matmul_grads
+from icecore_lib.nn.device import autocast_dtype
 from icecore_lib.nn.loop import at_low_res
 from icecore_lib.run.artifacts import Run
 from icecore_lib.run.reference import REFERENCE, KeyNumberOutOfRange, check_key_numbers, is_reference_run, value_of
@@ -44,6 +45,35 @@ def test_the_matmul_path_is_taken_only_where_it_was_measured_to_pay() -> None:
     assert not matmul_grad_pays(torch.zeros(2, 64, 16, 16), wide)
     with torch.no_grad():
         assert not matmul_grad_pays(torch.zeros(2, 512, 2, 2), tiny)
+
+
+def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype(cpu, "fp32") is None and autocast_dtype(cuda, "fp32") is None
+    assert autocast_dtype(cpu, "bf16") is torch.bfloat16 and autocast_dtype(cuda, "auto") is torch.bfloat16
+    assert autocast_dtype(cpu, "auto") is None
+    with pytest.raises(ValueError, match="precision must be one of"):
+        autocast_dtype(cpu, "fp16")
+
+
+def test_the_cnn_learns_under_cpu_bf16_autocast_on_onednns_own_gradients(tmp_path) -> None:
+    from icecore_lib.nn.batches import DeviceBatches
+    from icecore_lib.nn.loop import fit
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(64) % 2
+    images = rng.normal(100, 10, (64, 32, 32))
+    images[:, 8:-8, 8:-8] += np.where(labels == 1, 60, -60)[:, None, None]
+    images = np.clip(images, 0, 255).astype(np.uint8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not matmul_grad_pays(torch.zeros(2, 512, 2, 2, requires_grad=True), nn.Conv2d(512, 512, 3, 1, 1))
+    cfg = TrainConfig(device="cpu", epochs=3, batch_size=16, patience=0, lr=3e-3, augment=False, precision="bf16")
+    train = DeviceBatches(images, np.arange(48), labels, batch_size=16, shuffle=True, seed=0, device="cpu")
+    val = DeviceBatches(images, np.arange(48, 64), labels, batch_size=16, shuffle=False, seed=0, device="cpu")
+    torch.manual_seed(0)
+    history = fit(ParticleCNN(2), train, val, cfg=cfg, out_dir=tmp_path, progress=False)
+    assert np.isfinite(history.frame["train_loss"]).all()
+    assert history.frame["val_acc"].max() == 1.0
 
 
 def test_the_cnn_keeps_torchvisions_state_dict_keys() -> None:

@@ -130,26 +130,28 @@ def test_early_stopping_stops_and_a_finished_run_is_not_redone(tmp_path):
         fit(_Linear(), train, val, cfg=dataclasses.replace(cfg, lr=1e-3), out_dir=tmp_path, progress=False)
 
 
-def test_mlp_learns_separable_toy_set_and_predict_follows_indices(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_mlp_learns_separable_toy_set_and_predict_follows_indices(tmp_path, precision):
     _, labels, features = _toy(300, n_features=6)
     val_idx = np.arange(200, 300)[::-1]  # unsorted on purpose: outputs must follow this order
     train = DeviceBatches(None, np.arange(200), labels, features, batch_size=32, shuffle=True, seed=1)
     val = DeviceBatches(None, val_idx, labels, features, batch_size=32, shuffle=False)
     seed_everything(0)
     model = MetadataMLP(n_features=6, n_classes=2)
-    history = fit(model, train, val, cfg=dataclasses.replace(CFG, epochs=6), out_dir=tmp_path, progress=False)
+    cfg = dataclasses.replace(CFG, epochs=6, precision=precision)
+    history = fit(model, train, val, cfg=cfg, out_dir=tmp_path, progress=False)
     assert history.frame["val_acc"].max() > 0.95
 
-    logits, embeddings = predict(model, val, progress=False)
+    logits, embeddings = predict(model, val, progress=False, precision=precision)
     assert logits.shape == (100, 2) and embeddings.shape == (100, 40)
     accuracy = (logits.argmax(axis=1) == labels[val_idx]).mean()
     assert accuracy == pytest.approx(history.frame.loc[history.best_epoch, "val_acc"])
-    losses = per_sample_loss(model, val, progress=False)
+    losses = per_sample_loss(model, val, progress=False, precision=precision)
     assert losses.mean() == pytest.approx(history.frame.loc[history.best_epoch, "val_loss"], rel=1e-5)
 
     fresh = MetadataMLP(n_features=6, n_classes=2)
     assert load_weights(fresh, tmp_path / BEST_FILE)["epoch"] == history.best_epoch
-    np.testing.assert_array_equal(predict(fresh, val, progress=False)[0], logits)
+    np.testing.assert_array_equal(predict(fresh, val, progress=False, precision=precision)[0], logits)
     with pytest.raises(ValueError, match="shuffle=False"):
         predict(model, train, progress=False)
 

@@ -20,10 +20,10 @@ MATMUL_GRAD_MAX_OUTPUT = 4
 
 
 def matmul_grad_pays(x: torch.Tensor, conv: nn.Conv2d) -> bool:
-    """Whether this convolution's weight gradient is faster as unfold + matmul (CPU, ungrouped, zero-padded by
-    numbers, and the stem or a tiny output map)."""
+    """Whether this convolution's weight gradient is faster as unfold + matmul (CPU in fp32, ungrouped, zero-padded
+    by numbers, and the stem or a tiny output map); oneDNN's bf16 kernels (autocast) are faster than either."""
     if (x.device.type != "cpu" or conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
-            or not torch.is_grad_enabled() or not conv.weight.requires_grad):
+            or not torch.is_grad_enabled() or not conv.weight.requires_grad or torch.is_autocast_enabled("cpu")):
         return False
     out_h, out_w = (_out_size(x.shape[-2 + i], conv, i) for i in range(2))
     return conv.in_channels == 1 or out_h * out_w <= MATMUL_GRAD_MAX_OUTPUT

@@ -39,7 +39,7 @@ from ..files import atomic_write_table
 from .augment import augment
 from .batches import Batch, BatchSource
 from .checkpoint import load_training_state, load_weights, save_training_state, save_weights
-from .device import resolve_device, seed_everything
+from .device import autocast_dtype, resolve_device, seed_everything
 from .distributed import all_reduce_sum, barrier, world, wrap_ddp
 
 Task = Literal["classify", "reconstruct"]
@@ -142,7 +142,8 @@ def fit(
     """Train ``model`` with AdamW and a one-cycle/cosine schedule, early stopping on validation loss.
 
     Resumes from ``out_dir/last.safetensors`` when ``resume`` and it exists. On return the model holds
-    the best epoch's weights. On CUDA: bf16 autocast, channels_last, cuDNN autotuning; on CPU: fp32.
+    the best epoch's weights. ``cfg.precision`` (``nn.device.autocast_dtype``): bf16 autocast and channels_last on
+    CUDA (and on CPU when asked), fp32 elsewhere; cuDNN autotuning on CUDA.
     In a process group of several ranks: DDP on each rank's shard, files written by rank 0 (see module doc).
     """
     rank, size = world()
@@ -155,6 +156,7 @@ def fit(
     model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if autocast_dtype(device, cfg.precision) is not None:
         model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(model, cfg)
     loss = _BatchLoss(model, task, cfg.label_smoothing)
@@ -233,7 +235,7 @@ def _scheduler(
 def _fingerprint(loop: _Loop, steps_per_epoch: int) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed (a change here would change the result)."""
     keys = ("epochs", "batch_size", "lr", "weight_decay", "schedule", "label_smoothing", "seed", "augment",
-            "low_res_fraction")
+            "low_res_fraction", "precision")
     return {
         "model": type(loop.model).__name__,
         "task": loop.task,
@@ -282,8 +284,8 @@ def _pass(loop: _Loop, batches: BatchSource, epoch: int, *, train: bool) -> dict
             if "image" in batch and at_low_res(loop.model, loop.cfg, epoch, batch["image"].shape[-1]):
                 batch["image"] = F.avg_pool2d(batch["image"], 2)  # validated at the size it trains on, too
                 low_res = True
-            with _autocast(loop.device):
-                losses, correct = module(_prepare(batch, loop.device))
+            with _autocast(loop.device, loop.cfg.precision):
+                losses, correct = module(_prepare(batch, loop.device, loop.cfg.precision))
             if train:
                 loop.optimizer.zero_grad(set_to_none=True)
                 losses.mean().backward()
@@ -336,25 +338,27 @@ def model_inputs(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
     return [batch[k] for k in keys]
 
 
-def _prepare(batch: Batch, device: torch.device) -> Batch:
-    """Images in channels_last on CUDA (faster convolutions under bf16); unchanged elsewhere."""
-    if device.type == "cuda" and "image" in batch:
+def _prepare(batch: Batch, device: torch.device, precision: str) -> Batch:
+    """Images in channels_last where the device computes in bf16 (faster convolutions); unchanged elsewhere."""
+    if autocast_dtype(device, precision) is not None and "image" in batch:
         return batch | {"image": batch["image"].contiguous(memory_format=torch.channels_last)}
     return batch
 
 
-def _autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA; fp32 (disabled) elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast where ``autocast_dtype`` says so; fp32 (disabled) elsewhere."""
+    dtype = autocast_dtype(device, precision)
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
-def predict(model: nn.Module, batches: BatchSource, *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: nn.Module, batches: BatchSource, *, progress: bool = True,
+            precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Outputs and embeddings of every sample, in ``batches.indices`` order, from one no-grad pass.
 
     Classifiers give ``(logits, 40-unit embeddings)``; the autoencoder gives
-    ``(per-sample reconstruction MSE, latent codes)``.
+    ``(per-sample reconstruction MSE, latent codes)``. ``precision`` as in training (``TrainConfig.precision``).
     """
-    outputs, embeddings = _collect(model, batches, _predict_step, "predict", progress)
+    outputs, embeddings = _collect(model, batches, _predict_step, "predict", progress, precision)
     return outputs, embeddings
 
 
@@ -363,11 +367,13 @@ def _predict_step(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.T
     return model.predict_step(*model_inputs(model, batch))
 
 
-def per_sample_loss(model: nn.Module, batches: BatchSource, *, progress: bool = True) -> np.ndarray:
+def per_sample_loss(model: nn.Module, batches: BatchSource, *, progress: bool = True,
+                    precision: str = "auto") -> np.ndarray:
     """Each sample's loss in ``batches.indices`` order: reconstruction MSE for the autoencoder,
     cross-entropy against the batch labels for a classifier."""
     task = "reconstruct" if hasattr(model, "reconstruction_loss") else "classify"
-    (losses,) = _collect(model, batches, lambda m, b: (_losses(m, b, task, 0.0)[0],), "per-sample loss", progress)
+    (losses,) = _collect(model, batches, lambda m, b: (_losses(m, b, task, 0.0)[0],), "per-sample loss", progress,
+                         precision)
     return losses
 
 
@@ -378,6 +384,7 @@ def _collect(
     step: Callable[[nn.Module, Batch], tuple[torch.Tensor, ...]],
     desc: str,
     progress: bool,
+    precision: str,
 ) -> list[np.ndarray]:
     """Run ``step`` over unshuffled batches in eval mode; concatenate each of its outputs as float32 arrays."""
     if batches.shuffle:
@@ -386,8 +393,8 @@ def _collect(
     model.to(batches.device)
     parts: list[list[torch.Tensor]] = []
     for batch in tqdm(batches, total=len(batches), desc=desc, disable=not progress):
-        with _autocast(batches.device):
-            outputs = step(model, _prepare(batch, batches.device))
+        with _autocast(batches.device, precision):
+            outputs = step(model, _prepare(batch, batches.device, precision))
         parts.append([o.float() for o in outputs])
     return [torch.cat(column).cpu().numpy() for column in zip(*parts, strict=True)]
 

@@ -104,7 +104,7 @@ def score_part(model: ConvAutoencoder, packed: Packed, cfg: TrainConfig, progres
     """Reconstruction loss and latent of every particle of a packed part, keyed by particle id."""
     index = packed.table.index
     batches = choose_batches(packed.images, np.arange(len(index)), shuffle=False, **batch_options(cfg, progress))
-    loss, latent = predict(model, batches, progress=progress)
+    loss, latent = predict(model, batches, progress=progress, precision=cfg.precision)
     columns = [f"{LATENT_PREFIX}{i:02d}" for i in range(latent.shape[1])]
     return pd.DataFrame(latent, index=index, columns=columns).assign(**{RECON: loss})[[RECON, *columns]]
 

@@ -154,7 +154,7 @@ class TrainedClassifier:
         images = None if self.kind == "mlp" else packed.images
         batches = choose_batches(images, np.arange(len(packed.table)), None, self.scaler.transform(packed.table),
                                  shuffle=False, **batch_options(cfg, progress))
-        logits, emb = predict(self.model, batches, progress=progress)
+        logits, emb = predict(self.model, batches, progress=progress, precision=cfg.precision)
         return _frame(logits, packed.table.index, self.classes), _embedding(emb, packed.table.index)
 
     @classmethod
