@@ -121,7 +121,7 @@ class TrainConfig(StageConfig):
     augment_blur: float = 1.0  # largest random defocus sigma (px at model size)
     augment_noise: float = 3.0  # largest random noise std (gray levels)
     compile: bool = False  # torch.compile the model (CUDA; pays a one-off compile time)
-    # auto | bf16 | fp32: auto = bf16 autocast on CUDA, fp32 on CPU; bf16 on a native-bf16 CPU is ~2x faster.
+    # auto | bf16 | fp32: auto = bf16 autocast on CUDA, fp32 on CPU (bf16 on a native-bf16 CPU: measurements.md).
     precision: str = "auto"
     # Progressive resizing: the first this fraction of the epochs sees the images at half size (a quarter of the
     # pixels: ~3x faster steps on CPU), the rest at full size; only models that take any size (min_image_size).

@@ -1,5 +1,6 @@
 """What makes training and mapping fast on a CPU gives the same results: bf16 on request, matmul weight gradients,
-half-size epochs, stratified shares for the leave-one-class-out folds, numba's cache for umap-learn, the reference numbers' check."""
+half-size epochs, stratified shares for the leave-one-class-out folds, numba's cache for umap-learn, the reference
+numbers' check."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from torch import nn
 from icecore_lib.config import CNNConfig, TrainConfig, stage_config
 from icecore_lib.data.splits import stratified_subset
 from icecore_lib.models.cnn import ParticleCNN
+from icecore_lib.nn.batches import DeviceBatches
 from icecore_lib.nn.conv import MatmulGradConv2d, matmul_grad_pays, use_matmul_grads
 from icecore_lib.nn.device import autocast_dtype
-from icecore_lib.nn.loop import at_low_res
+from icecore_lib.nn.loop import at_low_res, fit
 from icecore_lib.run.artifacts import Run
 from icecore_lib.run.reference import REFERENCE, KeyNumberOutOfRange, check_key_numbers, is_reference_run, value_of
 
@@ -57,9 +59,6 @@ def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu() -> None:
 
 
 def test_the_cnn_learns_under_cpu_bf16_autocast_on_onednns_own_gradients(tmp_path) -> None:
-    from icecore_lib.nn.batches import DeviceBatches
-    from icecore_lib.nn.loop import fit
-
     rng = np.random.default_rng(0)
     labels = np.arange(64) % 2
     images = rng.normal(100, 10, (64, 32, 32))
@@ -143,9 +142,6 @@ def test_key_numbers_apply_only_to_the_profiles_own_data_and_settings() -> None:
 
 
 def test_half_size_epochs_train_and_validate_small_and_are_never_the_kept_model(tmp_path) -> None:
-    from icecore_lib.nn.batches import DeviceBatches
-    from icecore_lib.nn.loop import fit
-
     rng = np.random.default_rng(0)
     images = rng.integers(60, 200, (24, 64, 64), dtype=np.uint8)
     labels = np.arange(24) % 2

@@ -22,17 +22,12 @@ PRECISIONS = ("auto", "bf16", "fp32")
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The dtype a device computes in under ``precision`` (None = fp32, autocast off).
 
-    ``"auto"``: bf16 on CUDA, fp32 on CPU. ``"bf16"`` on a CPU with native bf16 (AVX512-BF16, AMX) trained ResNet18
-    at 64 px 2x faster on 2 cores (749 -> 376 ms a batch of 128); not yet the CPU default: its results differ from
-    fp32's beyond the tolerances the tests and the apply check hold (docs/measurements.md).
+    ``"auto"``: bf16 on CUDA, fp32 on CPU; ``"bf16"`` pays on a CPU with native bf16 (docs/measurements.md).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        return None
-    if precision == "bf16" or device.type == "cuda":
-        return torch.bfloat16
-    return None
+    on = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.bfloat16 if on else None
 
 
 def resolve_device(name: str = "auto") -> torch.device:
