@@ -5,7 +5,7 @@
 
 Each schedule trains notebook 02's image CNN (and notebook 03's 64-d autoencoder) on the profile's synthetic data
 with the profile's settings plus the schedule's overrides. "old" is the demo schedule before the speed issue
-(12 CNN epochs at full size, no label smoothing, no progressive resizing); "new" is the profile as it stands.
+(12 CNN epochs at full size in fp32, no label smoothing, no progressive resizing); "new" is the profile as it stands.
 Printed per schedule: wall minutes (training + predicting every particle), the best validation accuracy (CNN)
 or loss (AE) reached by each minute of training, the test accuracy and balanced accuracy, and the speed-up
 against the first schedule. Numbers measured on the synthetic twin.
@@ -27,7 +27,7 @@ from icecore_lib.data.dataset import DatasetBundle, load_dataset
 from icecore_lib.train.autoencoder import fit_autoencoder
 from icecore_lib.train.classifier import evaluate_split, fit_torch_classifier
 
-OLD = {"epochs": 12, "low_res_fraction": 0.0, "label_smoothing": 0.0}
+OLD = {"epochs": 12, "low_res_fraction": 0.0, "label_smoothing": 0.0, "precision": "fp32"}
 SCHEDULES: dict[str, dict[str, Any]] = {"old": OLD, "new": {}}
 MINUTES = (1, 2, 4, 8)
 

@@ -121,7 +121,7 @@ class TrainConfig(StageConfig):
     augment_blur: float = 1.0  # largest random defocus sigma (px at model size)
     augment_noise: float = 3.0  # largest random noise std (gray levels)
     compile: bool = False  # torch.compile the model (CUDA; pays a one-off compile time)
-    # auto | bf16 | fp32: auto = bf16 autocast on CUDA, fp32 on CPU (bf16 on a native-bf16 CPU: measurements.md).
+    # auto | bf16 | fp32: auto = bf16 autocast where the hardware has native bf16 (CUDA, AVX512-BF16/AMX CPUs).
     precision: str = "auto"
     # Progressive resizing: the first this fraction of the epochs sees the images at half size (a quarter of the
     # pixels: ~3x faster steps on CPU), the rest at full size; only models that take any size (min_image_size).
@@ -145,6 +145,7 @@ class MetadataConfig(TrainConfig):
     shap_sample: int = 500
     epochs: int = 60
     target_precision: float = 0.95
+    precision: str = "fp32"  # bf16 saves nothing on an MLP over 34 features and would round them
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ class EmbedConfig(TrainConfig):
     n_neighbors: int = 15
     min_dist: float = 0.1
     pumap_epochs: int = 30
+    umap_epochs: int | None = None  # umap-learn's layout epochs; None = its own choice (500 under 10,000 points)
     # Held out in turn when the labelled data has every one of them; else every class but the largest (the one a
     # new type is least like a minority of). A class with too few test particles is skipped (stages.loco.plan_holdouts).
     holdout_classes: tuple[str, ...] = ("corylus", "grim", "dust")
@@ -242,12 +244,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "demo": {
         "StageConfig": {"image_size": 64},
-        # Half the CNN epochs at 32 px (measured: bench/time_to_accuracy.py, docs/measurements.md).
-        "TrainConfig": {"epochs": 10, "batch_size": 128, "low_res_fraction": 0.5},
+        # Four full-size one-cycle epochs (measured against wall time: bench/time_to_accuracy.py, docs/measurements.md).
+        "TrainConfig": {"epochs": 4, "batch_size": 128},
         "MetadataConfig": {"search_iterations": 6, "epochs": 60},
-        "AEConfig": {"epochs": 8},
-        # Leave-one-class-out retrains the CNN and the AE once per held-out class: half the data, a shorter schedule.
-        "EmbedConfig": {"epochs": 6, "loco_train_fraction": 0.5},
+        "AEConfig": {"epochs": 5},
+        # Leave-one-class-out retrains the CNN and the AE once per held-out class: a third of the data, a shorter
+        # schedule; umap-learn lays out 200 epochs (its own choice above 10,000 points) at every size.
+        "EmbedConfig": {"epochs": 4, "loco_train_fraction": 0.35, "pumap_epochs": 15, "umap_epochs": 200},
     },
     "full": {
         "StageConfig": {"bootstrap": 1000},

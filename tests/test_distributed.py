@@ -35,7 +35,8 @@ from icecore_lib.nn.distributed import (
 from icecore_lib.nn.loop import LAST_FILE, fit, read_history
 from icecore_lib.stages.torchrun import main
 
-CFG = TrainConfig(device="cpu", seed=3, epochs=2, batch_size=16, patience=0, lr=1e-2, augment=False)
+# fp32: the hand-written reference loop below computes in fp32 (precision "auto" is bf16 on a native-bf16 CPU).
+CFG = TrainConfig(device="cpu", seed=3, epochs=2, batch_size=16, patience=0, lr=1e-2, augment=False, precision="fp32")
 N_TRAIN, N_VAL = 56, 13  # 56 = 3 full batches of 16 and one of 8; 13 val rows split 7 + 6 over two ranks
 SPAWN_LIMIT_S = 120  # a hang guard only: the two ranks take seconds
 

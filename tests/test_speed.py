@@ -1,4 +1,4 @@
-"""What makes training and mapping fast on a CPU gives the same results: bf16 on request, matmul weight gradients,
+"""What makes training and mapping fast on a CPU gives the same results: bf16 where native, matmul weight gradients,
 half-size epochs, stratified shares for the leave-one-class-out folds, numba's cache for umap-learn, the reference
 numbers' check."""
 
@@ -49,11 +49,14 @@ def test_the_matmul_path_is_taken_only_where_it_was_measured_to_pay() -> None:
         assert not matmul_grad_pays(torch.zeros(2, 512, 2, 2), tiny)
 
 
-def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu() -> None:
+@pytest.mark.parametrize("native", [False, True])
+def test_precision_auto_is_bf16_where_the_hardware_has_it(native: bool, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert autocast_dtype(cpu, "fp32") is None and autocast_dtype(cuda, "fp32") is None
     assert autocast_dtype(cpu, "bf16") is torch.bfloat16 and autocast_dtype(cuda, "auto") is torch.bfloat16
-    assert autocast_dtype(cpu, "auto") is None
+    assert autocast_dtype(cpu, "auto") is (torch.bfloat16 if native else None)
     with pytest.raises(ValueError, match="precision must be one of"):
         autocast_dtype(cpu, "fp16")
 
@@ -66,7 +69,7 @@ def test_the_cnn_learns_under_cpu_bf16_autocast_on_onednns_own_gradients(tmp_pat
     images = np.clip(images, 0, 255).astype(np.uint8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not matmul_grad_pays(torch.zeros(2, 512, 2, 2, requires_grad=True), nn.Conv2d(512, 512, 3, 1, 1))
-    cfg = TrainConfig(device="cpu", epochs=3, batch_size=16, patience=0, lr=3e-3, augment=False, precision="bf16")
+    cfg = TrainConfig(device="cpu", epochs=6, batch_size=16, patience=0, lr=3e-3, augment=False, precision="bf16")
     train = DeviceBatches(images, np.arange(48), labels, batch_size=16, shuffle=True, seed=0, device="cpu")
     val = DeviceBatches(images, np.arange(48, 64), labels, batch_size=16, shuffle=False, seed=0, device="cpu")
     torch.manual_seed(0)

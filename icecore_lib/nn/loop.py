@@ -143,7 +143,7 @@ def fit(
 
     Resumes from ``out_dir/last.safetensors`` when ``resume`` and it exists. On return the model holds
     the best epoch's weights. ``cfg.precision`` (``nn.device.autocast_dtype``): bf16 autocast and channels_last on
-    CUDA (and on CPU when asked), fp32 elsewhere; cuDNN autotuning on CUDA.
+    hardware with native bf16 (CUDA, AVX512-BF16/AMX CPUs), fp32 elsewhere; cuDNN autotuning on CUDA.
     In a process group of several ranks: DDP on each rank's shard, files written by rank 0 (see module doc).
     """
     rank, size = world()
@@ -153,11 +153,9 @@ def fit(
     device = train_batches.device
     progress = progress and rank == 0
     seed_everything(cfg.seed)
-    model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if autocast_dtype(device, cfg.precision) is not None:
-        model.to(memory_format=torch.channels_last)
+    _place(model, device, cfg.precision)
     optimizer = _optimizer(model, cfg)
     loss = _BatchLoss(model, task, cfg.label_smoothing)
     scheduler = _scheduler(optimizer, cfg, len(train_batches))
@@ -338,6 +336,14 @@ def model_inputs(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
     return [batch[k] for k in keys]
 
 
+def _place(model: nn.Module, device: torch.device, precision: str) -> None:
+    """Move the model to ``device``, channels_last where it computes in bf16: training and inference share one layout,
+    so a model loaded from its file predicts exactly what it predicted at the end of training."""
+    model.to(device)
+    if autocast_dtype(device, precision) is not None:
+        model.to(memory_format=torch.channels_last)
+
+
 def _prepare(batch: Batch, device: torch.device, precision: str) -> Batch:
     """Images in channels_last where the device computes in bf16 (faster convolutions); unchanged elsewhere."""
     if autocast_dtype(device, precision) is not None and "image" in batch:
@@ -390,7 +396,7 @@ def _collect(
     if batches.shuffle:
         raise ValueError("inference needs batches built with shuffle=False, so outputs follow batches.indices")
     model.eval()
-    model.to(batches.device)
+    _place(model, batches.device, precision)
     parts: list[list[torch.Tensor]] = []
     for batch in tqdm(batches, total=len(batches), desc=desc, disable=not progress):
         with _autocast(batches.device, precision):

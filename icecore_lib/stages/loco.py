@@ -104,12 +104,17 @@ def holdout_spaces(run: HoldoutRun) -> dict[str, pd.DataFrame]:
     return {"cnn": run.cnn.labelled_embedding, "ae": run.ae.labelled.filter(like=LATENT_PREFIX)}
 
 
+def umap_reducer(cfg: EmbedConfig) -> UMAPReducer:
+    """The umap-learn reducer of every notebook-04 map, from the stage's neighbours, distance, epochs and seed."""
+    return UMAPReducer(cfg.n_neighbors, cfg.min_dist, n_epochs=cfg.umap_epochs, random_state=cfg.seed)
+
+
 def separation(run: HoldoutRun, table: pd.DataFrame, cfg: EmbedConfig) -> tuple[list[dict[str, Any]], dict[str, pd.DataFrame]]:
     """One table row per space (kNN purity, distance AUROC, HDBSCAN purity/ARI) and each space's 2-D map."""
     known_train = ((table[SPLIT] == "train") & (table[LABEL] != run.holdout)).to_numpy()
     rows, maps = [], {}
     for space, X in holdout_spaces(run).items():
-        Y = UMAPReducer(cfg.n_neighbors, cfg.min_dist, random_state=cfg.seed).fit_transform(X)
+        Y = umap_reducer(cfg).fit_transform(X)
         row = holdout_separation(X.to_numpy(), table[LABEL].to_numpy(), run.holdout, k=10,
                                  ref_mask=known_train, Y=Y.to_numpy(), min_cluster_size=cfg.min_cluster_size,
                                  seed=cfg.seed)

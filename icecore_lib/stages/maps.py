@@ -18,7 +18,6 @@ from matplotlib.figure import Figure
 from ..config import EmbedConfig
 from ..embed.cluster import cluster_hdbscan, describe_clusters
 from ..embed.compare import Timer, compare_embeddings
-from ..embed.umap import UMAPReducer
 from ..models.pumap import ParametricUMAP
 from ..novelty.detectors import CoreExcess
 from ..plots.data import shift_heatmap
@@ -27,7 +26,8 @@ from ..plots.gallery import group_gallery
 from ..run.artifacts import Run
 from ..run.notebook import Skipped, Stage, step
 from ..schema import LABEL, SPLIT
-from .loco import HoldoutPlan, plan_holdouts, save_fold, separation, separation_table, train_without
+from .loco import (HoldoutPlan, plan_holdouts, save_fold, separation, separation_table, train_without,
+                   umap_reducer)
 from .spaces import Space, core_predictions, robust_metadata_space
 
 CLUSTER = "cluster"
@@ -47,7 +47,7 @@ def fit_maps(space: Space, table: pd.DataFrame, cfg: EmbedConfig, *, progress: b
     """Fit umap-learn and parametric UMAP on the training split; place labelled and core particles on both."""
     train = space.labelled.loc[table.index[table[SPLIT] == "train"]]
     reducers = {
-        "umap-learn": UMAPReducer(cfg.n_neighbors, cfg.min_dist, random_state=cfg.seed),
+        "umap-learn": umap_reducer(cfg),
         "parametric": ParametricUMAP(n_neighbors=cfg.n_neighbors, min_dist=cfg.min_dist, epochs=cfg.pumap_epochs,
                                      random_state=cfg.seed, device=cfg.device, progress=progress),
     }
@@ -91,7 +91,7 @@ def cluster_core(space: Space, table: pd.DataFrame, core_pred: pd.Series, cfg: E
     if space.core is None:
         raise ValueError("this dataset has no core part to cluster")
     train = space.labelled.loc[table.index[table[SPLIT] == "train"]]
-    joint = UMAPReducer(cfg.n_neighbors, cfg.min_dist, random_state=cfg.seed).fit_transform(
+    joint = umap_reducer(cfg).fit_transform(
         pd.concat([train, space.core]))
     train_map, core_map = joint.iloc[: len(train)], joint.iloc[len(train):]
     labels = cluster_hdbscan(core_map.to_numpy(), cfg.min_cluster_size, selection=cfg.cluster_selection)
@@ -112,7 +112,7 @@ def gallery_clusters(summary: pd.DataFrame, n: int = 12) -> list[int]:
 
 def layout(points: pd.DataFrame, cfg: EmbedConfig) -> pd.DataFrame:
     """A plain umap-learn layout of some points (for looking at a space, not for placing new points)."""
-    return UMAPReducer(cfg.n_neighbors, cfg.min_dist, random_state=cfg.seed).fit_transform(points)
+    return umap_reducer(cfg).fit_transform(points)
 
 
 def save_maps(maps: FittedMaps, run: Run) -> None:
