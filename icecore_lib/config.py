@@ -247,10 +247,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # Four full-size one-cycle epochs (measured against wall time: bench/time_to_accuracy.py, docs/measurements.md).
         "TrainConfig": {"epochs": 4, "batch_size": 128},
         "MetadataConfig": {"search_iterations": 6, "epochs": 60},
-        "AEConfig": {"epochs": 5},
-        # Leave-one-class-out retrains the CNN and the AE once per held-out class: a third of the data, a shorter
+        "AEConfig": {"epochs": 4},
+        # Leave-one-class-out retrains the CNN and the AE once per held-out class: 30% of the data, a shorter
         # schedule; umap-learn lays out 200 epochs (its own choice above 10,000 points) at every size.
-        "EmbedConfig": {"epochs": 4, "loco_train_fraction": 0.35, "pumap_epochs": 15, "umap_epochs": 200},
+        "EmbedConfig": {"epochs": 3, "loco_train_fraction": 0.3, "pumap_epochs": 15, "umap_epochs": 200},
     },
     "full": {
         "StageConfig": {"bootstrap": 1000},
