@@ -190,6 +190,7 @@ class EmbedConfig(TrainConfig):
     cluster_space: str = "meta"  # cnn | ae | meta: the space the core is clustered in
     cluster_selection: str = "leaf"  # HDBSCAN: "leaf" finds small homogeneous groups, "eom" the big ones
     max_feature_shift: float = MAX_FEATURE_SHIFT  # metadata features shifting more (lab -> core, within class) are dropped
+    align_sessions: bool = False  # align each core session's metadata to the lab first (shift.align)
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ class DiscoveryConfig(StageConfig):
     combine_margin: float = 0.05  # the combined rank averages the stable scores within this LOCO AUROC of the best
     max_score_shift: float = 0.05  # a score is stable when the lab -> core shift moves it by at most this (percentile)
     max_feature_shift: float = MAX_FEATURE_SHIFT  # as in EmbedConfig: the same metadata space
+    align_sessions: bool = False  # as in EmbedConfig
     count_as: tuple[str, ...] = ()  # as in CNNConfig: classes counted as another for concentrations
 
 

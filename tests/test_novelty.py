@@ -20,6 +20,7 @@ from icecore_lib.novelty.metrics import (
 )
 from icecore_lib.novelty.scorer import NoveltyScorer
 from icecore_lib.novelty.scores import CLASSIFIER_SCORES, classifier_scores
+from icecore_lib.shift.align import align_core, session_offsets
 from icecore_lib.shift.drift import class_conditional_shift, feature_drift
 
 
@@ -302,6 +303,28 @@ def test_class_conditional_shift_sees_the_instrument_not_the_class_prior() -> No
     with pytest.raises(ValueError, match="no class has 1000"):
         class_conditional_shift(train, pd.Series(labels, index=train.index), core,
                                     pd.Series(core_labels, index=core.index), min_count=1000)
+
+
+def test_session_alignment_removes_each_sessions_offset_but_not_a_new_types() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b", "c"], 1000)
+    centre = {"a": 0.0, "b": 5.0, "c": 10.0}
+    train = pd.DataFrame({"size": [centre[c] for c in labels] + rng.normal(0, 1, 3000)}, index=_ids("train", 3000))
+    # two core sessions 2 and -1 SD off the lab; 100 particles of a new type at size 20, mistaken for class c
+    pred = np.tile(np.repeat(["a", "b", "c"], [500, 500, 600]), 2)
+    new = np.tile(np.r_[np.zeros(1500, bool), np.ones(100, bool)], 2)
+    sessions = np.repeat(["s1", "s2"], 1600)
+    true_size = np.where(new, 20.0, [centre[c] for c in pred]) + rng.normal(0, 1, 3200)
+    core = pd.DataFrame({"size": true_size + np.where(sessions == "s1", 2.0, -1.0)}, index=_ids("core", 3200))
+    offsets = session_offsets(train, pd.Series(labels, index=train.index), core, pd.Series(pred, index=core.index),
+                              pd.Series(sessions, index=core.index))
+    assert offsets.loc["s1", "size"] == pytest.approx(2.0, abs=0.2)
+    assert offsets.loc["s2", "size"] == pytest.approx(-1.0, abs=0.2)
+    fixed = align_core(core, pd.Series(sessions, index=core.index), offsets)
+    assert abs(fixed.loc[~new, "size"].mean() - true_size[~new].mean()) < 0.2
+    assert fixed.loc[new, "size"].mean() == pytest.approx(20.0, abs=0.5)  # the new type keeps its place
+    with pytest.raises(KeyError, match="no offset for session"):
+        align_core(core, pd.Series("s3", index=core.index), offsets)
 
 
 @pytest.mark.parametrize("detector", [KNNDistance(k=3, progress=False), ClassMahalanobis(progress=False),

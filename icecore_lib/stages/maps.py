@@ -160,7 +160,7 @@ def core_classes(stage: Stage) -> pd.Series:
       to="leave the features that measure the instrument out of the metadata space")
 def acquisition_shift(stage: Stage, core_pred: pd.Series) -> Figure:
     """The class-conditional lab -> core shift of each feature; those above ``max_feature_shift`` are left out."""
-    shift = robust_metadata_space(stage.bundle, core_pred, stage.cfg.max_feature_shift)[1]
+    shift = robust_metadata_space(stage.bundle, core_pred, stage.cfg.max_feature_shift, stage.cfg.align_sessions)[1]
     print("left out of the metadata space:", list(shift.index[~shift["kept"]]))
     return shift_heatmap(shift, stage.cfg.max_feature_shift, names=stage.bundle.classes,
                          path=stage.figure("04_metadata_acquisition_shift.png"))

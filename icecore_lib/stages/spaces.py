@@ -17,7 +17,8 @@ import pandas as pd
 from ..data.dataset import DatasetBundle
 from ..models.scaler import FeatureScaler
 from ..run.artifacts import Run
-from ..schema import LABEL, SPLIT
+from ..schema import LABEL, SESSION, SPLIT
+from ..shift.align import align_core, session_offsets
 from ..shift.drift import class_conditional_shift
 from ..train.autoencoder import LATENT_PREFIX, AEOutputs
 from ..train.classifier import ClassifierOutputs
@@ -58,14 +59,29 @@ def acquisition_shift(space: Space, bundle: DatasetBundle, core_pred: pd.Series)
     return class_conditional_shift(space.labelled.loc[train], table.loc[train, LABEL], space.core, core_pred)
 
 
-def robust_metadata_space(bundle: DatasetBundle, core_pred: pd.Series, max_shift: float) -> tuple[Space, pd.DataFrame]:
+def session_aligned(space: Space, bundle: DatasetBundle, core_pred: pd.Series) -> Space:
+    """The space with its core aligned to the lab one session at a time (``shift.align``; one session when the core
+    names none)."""
+    if space.core is None or bundle.core is None:
+        return space
+    table = bundle.train.table
+    train = table.index[table[SPLIT] == "train"]
+    core_table = bundle.core.table
+    sessions = core_table[SESSION] if SESSION in core_table else pd.Series("core", index=core_table.index)
+    offsets = session_offsets(space.labelled.loc[train], table.loc[train, LABEL], space.core, core_pred, sessions)
+    return Space(space.name, space.labelled, align_core(space.core, sessions, offsets))
+
+
+def robust_metadata_space(bundle: DatasetBundle, core_pred: pd.Series, max_shift: float,
+                          align: bool = False) -> tuple[Space, pd.DataFrame]:
     """The metadata space without the features that measure the instrument rather than the particle.
 
-    A feature is dropped when its median class-conditional shift (``acquisition_shift``) exceeds ``max_shift``
-    pooled within-class SDs, or when it does not vary within the training classes. Distances in the kept
-    features compare particles, not sessions; the shift table (with a ``kept`` column) says what was dropped.
+    With ``align`` the core is first aligned to the lab session by session (``session_aligned``). A feature is
+    dropped when its median class-conditional shift (``acquisition_shift``) exceeds ``max_shift`` pooled
+    within-class SDs, or when it does not vary within the training classes. Distances in the kept features
+    compare particles, not sessions; the shift table (with a ``kept`` column) says what was dropped.
     """
-    full = metadata_space(bundle)
+    full = session_aligned(metadata_space(bundle), bundle, core_pred) if align else metadata_space(bundle)
     shift = acquisition_shift(full, bundle, core_pred)
     shift["kept"] = shift["median_abs"] <= max_shift
     kept = list(shift.index[shift["kept"]])
@@ -84,19 +100,20 @@ def _latent(table: pd.DataFrame | None) -> pd.DataFrame | None:
     return table.filter(like=LATENT_PREFIX) if table is not None else None
 
 
-def run_metadata_space(run: Run, bundle: DatasetBundle, max_shift: float) -> Space:
+def run_metadata_space(run: Run, bundle: DatasetBundle, max_shift: float, align: bool = False) -> Space:
     """The run's metadata space: acquisition-robust when there is a core (and notebook 02's predictions), else all features."""
     if bundle.core is None:
         return metadata_space(bundle)
-    return robust_metadata_space(bundle, core_predictions(run)["pred"], max_shift)[0]
+    return robust_metadata_space(bundle, core_predictions(run)["pred"], max_shift, align)[0]
 
 
-def load_spaces(run: Run, bundle: DatasetBundle, ae_dim: int, max_shift: float) -> dict[str, Space]:
+def load_spaces(run: Run, bundle: DatasetBundle, ae_dim: int, max_shift: float,
+                align: bool = False) -> dict[str, Space]:
     """CNN (the core model of notebook 02), AE (latent ``ae_dim`` of notebook 03) and acquisition-robust metadata."""
     cnn = ClassifierOutputs.load(run, core_model_name(run))
     ae = AEOutputs.load(run, ae_dim)
     return {
         "cnn": Space("cnn", cnn.labelled_embedding, cnn.core_embedding),
         "ae": Space("ae", _latent(ae.labelled), _latent(ae.core)),
-        "meta": run_metadata_space(run, bundle, max_shift),
+        "meta": run_metadata_space(run, bundle, max_shift, align),
     }
