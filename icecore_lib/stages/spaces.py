@@ -62,7 +62,7 @@ def acquisition_shift(space: Space, bundle: DatasetBundle, core_pred: pd.Series)
 def session_aligned(space: Space, bundle: DatasetBundle, core_pred: pd.Series) -> Space:
     """The space with its core aligned to the lab one session at a time (``shift.align``; one session when the core
     names none)."""
-    if space.core is None or bundle.core is None:
+    if space.core is None:
         return space
     table = bundle.train.table
     train = table.index[table[SPLIT] == "train"]
@@ -81,7 +81,9 @@ def robust_metadata_space(bundle: DatasetBundle, core_pred: pd.Series, max_shift
     within-class SDs, or when it does not vary within the training classes. Distances in the kept features
     compare particles, not sessions; the shift table (with a ``kept`` column) says what was dropped.
     """
-    full = session_aligned(metadata_space(bundle), bundle, core_pred) if align else metadata_space(bundle)
+    full = metadata_space(bundle)
+    if align:
+        full = session_aligned(full, bundle, core_pred)
     shift = acquisition_shift(full, bundle, core_pred)
     shift["kept"] = shift["median_abs"] <= max_shift
     kept = list(shift.index[shift["kept"]])
