@@ -190,7 +190,7 @@ class EmbedConfig(TrainConfig):
     cluster_space: str = "meta"  # cnn | ae | meta: the space the core is clustered in
     cluster_selection: str = "leaf"  # HDBSCAN: "leaf" finds small homogeneous groups, "eom" the big ones
     max_feature_shift: float = MAX_FEATURE_SHIFT  # metadata features shifting more (lab -> core, within class) are dropped
-    align_sessions: bool = False  # align each core session's metadata to the lab first (shift.align)
+    align_sessions: bool = False  # align each core session's spaces (features, embeddings, logits) to the lab (shift.align)
 
 
 @dataclass(frozen=True)

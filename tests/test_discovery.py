@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from icecore_lib.quantify import composition_error
-from icecore_lib.stages.discovery import choose_scores, open_set_compositions
+from icecore_lib.schema import LABEL, SESSION, SPLIT
+from icecore_lib.stages.discovery import ScorerInputs, choose_scores, open_set_compositions, session_aligned_inputs
 
 
 def _loco(auroc: dict[str, float]) -> pd.DataFrame:
@@ -72,3 +75,37 @@ def test_setting_the_flagged_unknowns_aside_recovers_the_known_composition() -> 
     assert errors["CC, unknowns set aside_abs_error"].mean() < errors["CC, all particles_abs_error"].mean() / 5
     with pytest.raises(ValueError, match="every core particle is flagged"):
         open_set_compositions(core_pred, unknown | True, table, n_boot=0, seed=0)
+
+
+def _inputs(centres: np.ndarray, ids: pd.Index, rng: np.random.Generator) -> ScorerInputs:
+    """Logits, loss and two embeddings around per-particle centres."""
+    def table(width: int, prefix: str) -> pd.DataFrame:
+        return pd.DataFrame(centres[:, None] + rng.normal(0, 0.3, (len(ids), width)), index=ids,
+                            columns=[f"{prefix}{i}" for i in range(width)])
+
+    return ScorerInputs(table(3, "z"), pd.Series(centres + rng.normal(0, 0.3, len(ids)), index=ids, name="recon"),
+                        {"cnn": table(4, "c"), "meta": table(2, "m")})
+
+
+def test_aligned_core_inputs_lose_each_sessions_offset_but_keep_a_new_types() -> None:
+    rng = np.random.default_rng(1)
+    centre = {"a": 0.0, "b": 4.0, "c": 8.0}
+    labels = np.repeat(list(centre), 300)
+    train_ids = pd.Index([f"t{i}" for i in range(len(labels))])
+    lab = _inputs(np.array([centre[c] for c in labels]), train_ids, rng)
+    pred = np.tile(list(centre), 200)
+    sessions = np.repeat(["s1", "s2"], 300)
+    new = np.arange(len(pred)) % 50 == 0  # 2% of the core: a type 20 units away, predicted as its class
+    core_ids = pd.Index([f"k{i}" for i in range(len(pred))])
+    true = np.array([centre[c] for c in pred]) + np.where(new, 20.0, 0.0)
+    offset = np.where(sessions == "s1", 3.0, -2.0)
+    core = _inputs(true + offset, core_ids, rng)
+    bundle = SimpleNamespace(train=SimpleNamespace(table=pd.DataFrame({SPLIT: "train", LABEL: labels}, index=train_ids)),
+                             core=SimpleNamespace(table=pd.DataFrame({SESSION: sessions}, index=core_ids)))
+    fixed = session_aligned_inputs(lab, core, bundle, pd.Series(pred, index=core_ids))
+    for part in (fixed.logits, fixed.recon.to_frame(), fixed.embeddings["cnn"]):
+        residual = part.sub(true, axis=0)
+        assert residual[~new].abs().mean().max() < 0.4  # each session's offset gone
+        assert residual[new].mean().abs().max() < 0.4  # the new type still 20 away from its class
+    assert fixed.embeddings["meta"].equals(core.embeddings["meta"])  # the metadata space comes aligned already
+    assert fixed.recon.name == "recon"

@@ -57,7 +57,7 @@ from ..widgets import Explorer
 from .cnn import pick_sheet, table_proba, train_priors, write_pick_list
 from .loco import holdouts_in_run, load_fold
 from .maps import load_map
-from .spaces import Space, core_model_name, core_predictions
+from .spaces import Space, aligned_core, core_model_name, core_predictions
 
 UMAP_SCORE = "knn_umap"
 # What the core table holds beside the scores: notebook 02's prediction, notebook 04's cluster, the unknown flag.
@@ -89,11 +89,28 @@ def _inputs(cnn: ClassifierOutputs, ae: AEOutputs, meta: Space, part: str) -> Sc
 
 def run_inputs(run: Run, bundle: DatasetBundle, cfg: DiscoveryConfig, meta: Space) -> dict[str, ScorerInputs]:
     """Scorer inputs of the labelled part and (when there is one) the core from the run's notebook 02-03 models
-    and a metadata space."""
+    and a metadata space; with ``align_sessions`` the core's logits, loss and embeddings are aligned to the lab
+    session by session (the metadata space comes aligned)."""
     cnn = ClassifierOutputs.load(run, core_model_name(run))
     ae = AEOutputs.load(run, cfg.ae_latent)
-    parts = ("labelled", "core") if bundle.core is not None else ("labelled",)
-    return {part: _inputs(cnn, ae, meta, part) for part in parts}
+    inputs = {"labelled": _inputs(cnn, ae, meta, "labelled")}
+    if bundle.core is not None:
+        core = _inputs(cnn, ae, meta, "core")
+        inputs["core"] = session_aligned_inputs(inputs["labelled"], core, bundle, core_predictions(run)["pred"]) \
+            if cfg.align_sessions else core
+    return inputs
+
+
+def session_aligned_inputs(labelled: ScorerInputs, core: ScorerInputs, bundle: DatasetBundle,
+                           core_pred: pd.Series) -> ScorerInputs:
+    """The core's logits, reconstruction loss and CNN / AE embeddings aligned to the lab session by session."""
+    def align(lab: pd.DataFrame, part: pd.DataFrame) -> pd.DataFrame:
+        return aligned_core(lab, part, bundle, core_pred)
+
+    recon = align(labelled.recon.to_frame(), core.recon.to_frame())[core.recon.name]
+    embeddings = {name: part if name == "meta" else align(labelled.embeddings[name], part)
+                  for name, part in core.embeddings.items()}
+    return ScorerInputs(align(labelled.logits, core.logits), recon, embeddings)
 
 
 def fit_scorer(inputs: ScorerInputs, table: pd.DataFrame, cfg: DiscoveryConfig, exclude: tuple[str, ...] = (),

@@ -64,12 +64,18 @@ def session_aligned(space: Space, bundle: DatasetBundle, core_pred: pd.Series) -
     names none)."""
     if space.core is None:
         return space
+    return Space(space.name, space.labelled, aligned_core(space.labelled, space.core, bundle, core_pred))
+
+
+def aligned_core(labelled: pd.DataFrame, core: pd.DataFrame, bundle: DatasetBundle, core_pred: pd.Series) -> pd.DataFrame:
+    """Core coordinates (features, an embedding, logits) with each session's offset from the lab's training split
+    subtracted (``shift.align``; one session when the core names none)."""
     table = bundle.train.table
     train = table.index[table[SPLIT] == "train"]
     core_table = bundle.core.table
     sessions = core_table[SESSION] if SESSION in core_table else pd.Series("core", index=core_table.index)
-    offsets = session_offsets(space.labelled.loc[train], table.loc[train, LABEL], space.core, core_pred, sessions)
-    return Space(space.name, space.labelled, align_core(space.core, sessions, offsets))
+    offsets = session_offsets(labelled.loc[train], table.loc[train, LABEL], core, core_pred, sessions)
+    return align_core(core, sessions, offsets)
 
 
 def robust_metadata_space(bundle: DatasetBundle, core_pred: pd.Series, max_shift: float,
@@ -111,11 +117,13 @@ def run_metadata_space(run: Run, bundle: DatasetBundle, max_shift: float, align:
 
 def load_spaces(run: Run, bundle: DatasetBundle, ae_dim: int, max_shift: float,
                 align: bool = False) -> dict[str, Space]:
-    """CNN (the core model of notebook 02), AE (latent ``ae_dim`` of notebook 03) and acquisition-robust metadata."""
+    """CNN (the core model of notebook 02), AE (latent ``ae_dim`` of notebook 03) and acquisition-robust metadata;
+    with ``align`` each space's core aligned to the lab session by session."""
     cnn = ClassifierOutputs.load(run, core_model_name(run))
     ae = AEOutputs.load(run, ae_dim)
-    return {
-        "cnn": Space("cnn", cnn.labelled_embedding, cnn.core_embedding),
-        "ae": Space("ae", _latent(ae.labelled), _latent(ae.core)),
-        "meta": run_metadata_space(run, bundle, max_shift, align),
-    }
+    spaces = {"cnn": Space("cnn", cnn.labelled_embedding, cnn.core_embedding),
+              "ae": Space("ae", _latent(ae.labelled), _latent(ae.core))}
+    if align and bundle.core is not None:
+        core_pred = core_predictions(run)["pred"]
+        spaces = {name: session_aligned(space, bundle, core_pred) for name, space in spaces.items()}
+    return {**spaces, "meta": run_metadata_space(run, bundle, max_shift, align)}
