@@ -64,7 +64,9 @@ def row(metrics: dict[str, Any]) -> dict[str, Any]:
            "cc_error": composition.get("cc_abs_error"), "acc_error": composition.get("acc_abs_error"),
            "em_error": composition.get("em_abs_error"),
            "flagged_fraction": discovery.get("core_flagged_unknown_fraction"),
-           "combined_scores": "+".join(discovery.get("combined_rank_scores", []))}
+           "combined_scores": "+".join(discovery.get("combined_rank_scores", [])),
+           "ranking_trusted": discovery.get("shift_check", {}).get("trusted"),
+           "max_rank_shift": discovery.get("shift_check", {}).get("max_abs_rank_shift")}
     for score, values in discovery.get("new_class", {}).items():
         out[f"{score}.auroc"] = values.get("auroc")
         out[f"{score}.recall@2n"] = values.get("recall@2n")
@@ -93,7 +95,7 @@ def run_point(severity: float, seed: int, manifest: Path, runs_root: Path, overr
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per severity, the mean over seeds of the headline numbers."""
     columns = ["core_accuracy", "cc_error", "acc_error", "em_error", "combined_rank.auroc", "combined_rank.recall@2n",
-               "flagged_fraction", "clusters_flagged", "clusters_planted"]
+               "flagged_fraction", "max_rank_shift", "clusters_flagged", "clusters_planted"]
     present = [c for c in columns if c in table]
     return table.groupby("severity")[present].mean().round(3)
 

@@ -10,7 +10,14 @@ import pytest
 
 from icecore_lib.quantify import composition_error
 from icecore_lib.schema import LABEL, SESSION, SPLIT
-from icecore_lib.stages.discovery import ScorerInputs, choose_scores, open_set_compositions, session_aligned_inputs
+from icecore_lib.stages.discovery import (
+    ScorerInputs,
+    ShiftCheck,
+    choose_scores,
+    open_set_compositions,
+    session_aligned_inputs,
+    session_rank_shift,
+)
 
 
 def _loco(auroc: dict[str, float]) -> pd.DataFrame:
@@ -109,3 +116,20 @@ def test_aligned_core_inputs_lose_each_sessions_offset_but_keep_a_new_types() ->
         assert residual[new].mean().abs().max() < 0.4  # the new type still 20 away from its class
     assert fixed.embeddings["meta"].equals(core.embeddings["meta"])  # the metadata space comes aligned already
     assert fixed.recon.name == "recon"
+
+
+def test_session_rank_shift_names_the_session_whose_known_particles_rank_high_not_a_new_type() -> None:
+    rng = np.random.default_rng(2)
+    lab_pred = np.repeat([0, 1, 2], 400)
+    lab_rank = pd.Series(rng.uniform(0, 0.8, len(lab_pred)))
+    core_pred = np.tile([0, 1, 2], 400)
+    sessions = pd.Series(np.repeat(["dark", "clean"], 600), name="session")
+    rank = rng.uniform(0, 0.8, len(core_pred)) + np.where(sessions == "dark", 0.2, 0.0)
+    new = (sessions == "clean").to_numpy() & (core_pred == 1) & (np.arange(len(core_pred)) % 2 == 0)
+    rank[new] = 0.99  # half of one class in the clean session is a new type: it moves that class, not the median
+    shift = session_rank_shift(pd.Series(rank), core_pred, lab_rank, lab_pred, sessions)
+    assert shift["dark"] == pytest.approx(0.2, abs=0.04)
+    assert shift["clean"] == pytest.approx(0.0, abs=0.04)
+    check = ShiftCheck(shift.to_frame(), max_shift=0.05)
+    assert not check.trusted and check.metrics()["max_abs_rank_shift"] == pytest.approx(shift.abs().max())
+    assert ShiftCheck(shift.drop("dark").to_frame(), max_shift=0.05).trusted

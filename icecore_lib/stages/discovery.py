@@ -50,14 +50,14 @@ from ..run.artifacts import Run
 from ..run.card import update_model_card
 from ..run.notebook import Skipped, Stage, step
 from ..run.review import CANDIDATE, load_review, review_to_labels
-from ..schema import DEPTH, LABEL, NEW_CLASS, SAMPLE, SPLIT
+from ..schema import DEPTH, LABEL, NEW_CLASS, SAMPLE, SESSION, SPLIT
 from ..train.autoencoder import LATENT_PREFIX, RECON, AEOutputs
 from ..train.classifier import ClassifierOutputs
 from ..widgets import Explorer
 from .cnn import pick_sheet, table_proba, train_priors, write_pick_list
 from .loco import holdouts_in_run, load_fold
 from .maps import load_map
-from .spaces import Space, aligned_core, core_model_name, core_predictions
+from .spaces import Space, aligned_core, core_model_name, core_predictions, core_sessions
 
 UMAP_SCORE = "knn_umap"
 # What the core table holds beside the scores: notebook 02's prediction, notebook 04's cluster, the unknown flag.
@@ -279,7 +279,7 @@ def open_set_compositions(core_pred: pd.DataFrame, unknown: pd.Series, table: pd
 
 def summary_metrics(new_class: pd.DataFrame | None, loco_novelty: pd.DataFrame | None, combined: list[str],
                     threshold: UnknownThreshold | None, flagged_fraction: float | None,
-                    composition_errors: pd.DataFrame | None = None) -> dict:
+                    composition_errors: pd.DataFrame | None = None, shift: ShiftCheck | None = None) -> dict:
     """Notebook 05's numbers for metrics.json (None: a step that was skipped, left out)."""
     metrics: dict = {} if loco_novelty is None else {
         "loco_mean": loco_novelty.loc["mean"].unstack().to_dict(orient="index")}
@@ -293,6 +293,8 @@ def summary_metrics(new_class: pd.DataFrame | None, loco_novelty: pd.DataFrame |
         metrics["best_score_auroc"] = str(new_class.index[0])
     if composition_errors is not None:
         metrics["composition_mae"] = composition_errors.filter(like="_abs_error").mean().to_dict()
+    if shift is not None:
+        metrics["shift_check"] = shift.metrics()
     return metrics
 
 
@@ -408,6 +410,73 @@ def flag_unknowns(core_view: pd.DataFrame | Skipped, threshold: UnknownThreshold
     flagged = core_view.assign(unknown=core_view["combined_rank"] >= threshold.threshold)
     print(f"{flagged['unknown'].mean():.1%} of the core is flagged unknown")
     return flagged
+
+
+def session_rank_shift(core_rank: pd.Series, core_pred: np.ndarray, lab_rank: pd.Series, lab_pred: np.ndarray,
+                       sessions: pd.Series, min_count: int = 10) -> pd.Series:
+    """Per core session: the median over predicted classes of how far the core's median combined rank lies above
+    the lab's test particles' of the same predicted class (a new type, a minority within a class, cannot move it);
+    NaN for a session without a class of ``min_count`` particles."""
+    lab = lab_rank.groupby(lab_pred).median()
+    shifts = {}
+    for session in pd.unique(sessions):
+        member = (sessions.reindex(core_rank.index) == session).to_numpy()
+        counts = pd.Series(core_pred[member]).value_counts()
+        classes = [c for c in lab.index if counts.get(c, 0) >= min_count]
+        medians = core_rank[member].groupby(core_pred[member]).median()
+        shifts[session] = float((medians.reindex(classes) - lab.reindex(classes)).median()) if classes else np.nan
+    return pd.Series(shifts, name="rank_shift").rename_axis(SESSION)
+
+
+@dataclass(frozen=True)
+class ShiftCheck:
+    """Per core session: the known classes' combined-rank shift from the lab and the share flagged unknown."""
+
+    sessions: pd.DataFrame
+    max_shift: float
+
+    @property
+    def trusted(self) -> bool:
+        """Whether no session moves the known classes' combined rank by more than ``max_shift``."""
+        return bool((self.sessions["rank_shift"].abs() <= self.max_shift).all())
+
+    def _repr_html_(self) -> str:
+        """The per-session table, as a notebook shows it."""
+        return self.sessions._repr_html_()
+
+    def metrics(self) -> dict:
+        """The check for metrics.json."""
+        return {"trusted": self.trusted, "max_abs_rank_shift": float(self.sessions["rank_shift"].abs().max()),
+                "limit": self.max_shift, "per_session": self.sessions.to_dict(orient="index")}
+
+
+@step("the shift check", **CORE)
+def shift_check(stage: Stage, combination: Combination, inputs: dict[str, ScorerInputs],
+                core_view: pd.DataFrame) -> ShiftCheck:
+    """Whether the core's ranking compares particles or sessions, from the data: per session, how far the lab ->
+    core shift moves the combined rank of particles of known classes, beside the share flagged unknown."""
+    test = stage.table.index[stage.table[SPLIT] == "test"]
+    lab = inputs["labelled"].rows(test)
+    lab_rank = score(combination.scorer, lab)["combined_rank"]
+    core = inputs["core"].rows(core_view.index)
+    sessions = core_sessions(stage.bundle).reindex(core_view.index)
+    shift = session_rank_shift(core_view["combined_rank"], core.logits.to_numpy().argmax(axis=1), lab_rank,
+                               lab.logits.to_numpy().argmax(axis=1), sessions)
+    table = shift.to_frame()
+    if "unknown" in core_view:
+        table = flag_fraction_by_group(core_view["unknown"], sessions).join(shift)
+    check = ShiftCheck(table.round(4), stage.cfg.max_score_shift)
+    moved = table.index[table["rank_shift"].abs() > check.max_shift]
+    if check.trusted:
+        print(f"the ranking compares particles: in every session the known classes' combined rank lies within "
+              f"{check.max_shift:.2f} of the lab's (largest {table['rank_shift'].abs().max():.3f})")
+    else:
+        print(f"DO NOT TRUST THE RANKING: in session(s) {', '.join(map(str, moved))} the known classes' combined rank "
+              f"lies {', '.join(f'{v:+.3f}' for v in table.loc[moved, 'rank_shift'])} from the lab's (limit "
+              f"{check.max_shift:.2f}): the top of the ranking is mostly the shift of these sessions, not new particles. "
+              "Align the sessions (align_sessions=true), add labelled particles imaged in them, or read the flagged "
+              "share as a drift warning")
+    return check
 
 
 @step("the unknowns per sample", core_columns=(SAMPLE,), to="see where in the core the unknowns are")
@@ -566,7 +635,7 @@ def _done(value: object) -> object | None:
 
 def save(stage: Stage, core_view: pd.DataFrame | Skipped, loco: pd.DataFrame | Skipped,
          new_class: pd.DataFrame | Skipped, combination: Combination, threshold: UnknownThreshold | Skipped,
-         result: OpenSet | Skipped, meta: Space) -> None:
+         result: OpenSet | Skipped, meta: Space, shift: ShiftCheck | Skipped | None = None) -> None:
     """The core's novelty table, the folds' table, notebook 05's numbers in metrics.json (skipped steps left out),
     and the novelty section of the model card (what ``icecore apply`` flags a new core with)."""
     finished_threshold = _done(threshold)
@@ -583,4 +652,4 @@ def save(stage: Stage, core_view: pd.DataFrame | Skipped, loco: pd.DataFrame | S
     finished = _done(result)
     stage.run.update_metrics("05_discovery", summary_metrics(
         _done(new_class), _done(loco), combination.combined, _done(threshold),
-        getattr(finished, "flagged_fraction", None), getattr(finished, "errors", None)))
+        getattr(finished, "flagged_fraction", None), getattr(finished, "errors", None), _done(shift)))

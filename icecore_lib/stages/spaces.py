@@ -72,10 +72,15 @@ def aligned_core(labelled: pd.DataFrame, core: pd.DataFrame, bundle: DatasetBund
     subtracted (``shift.align``; one session when the core names none)."""
     table = bundle.train.table
     train = table.index[table[SPLIT] == "train"]
-    core_table = bundle.core.table
-    sessions = core_table[SESSION] if SESSION in core_table else pd.Series("core", index=core_table.index)
+    sessions = core_sessions(bundle)
     offsets = session_offsets(labelled.loc[train], table.loc[train, LABEL], core, core_pred, sessions)
     return align_core(core, sessions, offsets)
+
+
+def core_sessions(bundle: DatasetBundle) -> pd.Series:
+    """Each core particle's instrument session (one session, "core", when the core names none)."""
+    core = bundle.core.table
+    return core[SESSION] if SESSION in core else pd.Series("core", index=core.index, name=SESSION)
 
 
 def robust_metadata_space(bundle: DatasetBundle, core_pred: pd.Series, max_shift: float,
