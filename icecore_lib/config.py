@@ -190,7 +190,9 @@ class EmbedConfig(TrainConfig):
     cluster_space: str = "meta"  # cnn | ae | meta: the space the core is clustered in
     cluster_selection: str = "leaf"  # HDBSCAN: "leaf" finds small homogeneous groups, "eom" the big ones
     max_feature_shift: float = MAX_FEATURE_SHIFT  # metadata features shifting more (lab -> core, within class) are dropped
-    align_sessions: bool = False  # align each core session's spaces (features, embeddings, logits) to the lab (shift.align)
+    align_sessions: bool = True  # align each core session's spaces (features, embeddings, logits) to the lab (shift.align)
+    # A core crowd counts in the other core sessions only (CoreExcess): a session's own look makes no new type.
+    excess_across_sessions: bool = True
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,11 @@ class DiscoveryConfig(StageConfig):
     combine_margin: float = 0.05  # the combined rank averages the stable scores within this LOCO AUROC of the best
     max_score_shift: float = 0.05  # a score is stable when the lab -> core shift moves it by at most this (percentile)
     max_feature_shift: float = MAX_FEATURE_SHIFT  # as in EmbedConfig: the same metadata space
-    align_sessions: bool = False  # as in EmbedConfig
+    align_sessions: bool = True  # as in EmbedConfig
+    excess_across_sessions: bool = True  # as in EmbedConfig
+    # The shift check distrusts the ranking when a core session moves the known classes' percentile in the combined
+    # rank's spaces by more than this (discovery.shift_check; measured across the shift sweep, docs/measurements.md).
+    max_session_drift: float = 0.1
     count_as: tuple[str, ...] = ()  # as in CNNConfig: classes counted as another for concentrations
 
 

@@ -14,6 +14,7 @@ from icecore_lib.stages.discovery import (
     ScorerInputs,
     ShiftCheck,
     choose_scores,
+    drift_scores,
     open_set_compositions,
     session_aligned_inputs,
     session_rank_shift,
@@ -133,3 +134,8 @@ def test_session_rank_shift_names_the_session_whose_known_particles_rank_high_no
     check = ShiftCheck(shift.to_frame(), max_shift=0.05)
     assert not check.trusted and check.metrics()["max_abs_rank_shift"] == pytest.approx(shift.abs().max())
     assert ShiftCheck(shift.drop("dark").to_frame(), max_shift=0.05).trusted
+
+
+def test_the_drift_of_a_group_score_is_read_in_its_space_because_the_score_is_centred_on_the_core() -> None:
+    assert drift_scores(["excess_meta"]) == ["knn_meta"]
+    assert drift_scores(["excess_cnn", "maha_cnn", "knn_cnn", "recon"]) == ["knn_cnn", "maha_cnn", "recon"]

@@ -247,6 +247,46 @@ def test_core_excess_ranks_a_crowd_above_scattered_strays_and_pointwise_distance
     assert np.median(excess[kind == 0]) == pytest.approx(0.0, abs=0.1)
 
 
+def test_core_excess_counts_a_crowd_across_sessions_so_a_crowd_one_session_made_falls_back() -> None:
+    X_train, y_train = _blobs(0, n=200)
+    rng = np.random.default_rng(3)
+    known, _ = _blobs(4, n=300)
+    dim = X_train.shape[1]
+    new_type = rng.normal(0, 0.2, (45, dim)) + 2.5  # recurs in every session
+    artefact = rng.normal(0, 0.2, (45, dim)) - 2.5  # a crowd only session s1 shows (its light made it)
+    core = np.vstack([known, new_type, artefact])
+    kind = np.repeat([0, 1, 2], [600, 45, 45])
+    sessions = np.concatenate([np.resize(["s1", "s2", "s3"], 600), np.resize(["s1", "s2", "s3"], 45),
+                               np.full(45, "s1")])
+    detector = CoreExcess(k=5, progress=False).fit(X_train, y_train)
+    within = detector.score_samples(core)
+    across = detector.score_samples(core, sessions=sessions)
+    assert np.median(within[kind == 2]) > np.median(within[kind == 1])  # within the set, the artefact looks newest
+    assert set(np.argsort(-across)[:45]) == set(np.flatnonzero(kind == 1))
+    assert np.median(across[kind == 2]) < np.median(across[kind == 0]) + 0.5
+    one = detector.score_samples(core, sessions=np.full(len(core), "only"))  # one session: neighbours from the set
+    np.testing.assert_allclose(one, within)
+    with pytest.raises(ValueError, match="sessions must have one entry per point"):
+        detector.score_samples(core, sessions=sessions[:10])
+
+
+def test_core_excess_caps_the_distance_to_training_so_far_scattered_strays_do_not_outrank_a_crowd() -> None:
+    X_train, y_train = _blobs(0, n=200)
+    rng = np.random.default_rng(8)
+    known, _ = _blobs(2, n=200)
+    dim = X_train.shape[1]
+    crowd = rng.normal(0, 0.3, (30, dim)) - 4.0
+    strays = rng.normal(0, 20, (30, dim)) + 1000.0  # far beyond the lab's reach, and nowhere near each other
+    core, kind = np.vstack([known, crowd, strays]), np.repeat([0, 1, 2], [400, 30, 30])
+    capped = CoreExcess(k=5, progress=False).fit(X_train, y_train)
+    uncapped = CoreExcess(k=5, reach=None, progress=False).fit(X_train, y_train)
+    assert np.median(uncapped.score_samples(core)[kind == 2]) > np.median(uncapped.score_samples(core)[kind == 1])
+    assert set(np.argsort(-capped.score_samples(core))[:30]) == set(np.flatnonzero(kind == 1))
+    assert np.isfinite(capped.reach_) and uncapped.reach_ == np.inf
+    with pytest.raises(ValueError, match="reach must lie in"):
+        CoreExcess(reach=1.5).fit(X_train, y_train)
+
+
 def test_core_excess_null_is_centred_and_groups_remove_a_class_prior_shift() -> None:
     X_train, y_train = _blobs(0, n=200)
     detector = CoreExcess(k=5, progress=False).fit(X_train, y_train)

@@ -119,12 +119,23 @@ class CoreExcess(BaseEstimator):
     predicted class), so a crowd stands out against the rest of the class it is mistaken for. The scored set is
     the reference of its own scores: score a whole core, not a handful of particles.
 
+    A core is imaged in several instrument sessions, and a session's own look (its light, focus, noise) or one
+    sample's layer can make a crowd of known particles that no lab session shows. Pass each particle's ``sessions``
+    and its own-set neighbours are taken from the OTHER sessions only: a new type that recurs down the core stays a
+    crowd, a crowd that one session made does not (with one session, or when the other sessions hold ``k`` or
+    fewer particles, a particle's neighbours come from the whole set).
+
+    Beyond the training set's reach, how far a particle lies from it says nothing more about a crowd: the distance
+    to training is capped at the ``reach`` quantile of the training points' own (leave-self-out) distances, so a
+    sparse tail the lab never imaged (specks a dark session made) does not outrank a dense new type (``None``: no cap).
+
     ``train_scores_`` is a null distribution: the fit data split in two halves, one scored as a set against the
     other, where no class is new.
     """
 
-    def __init__(self, k: int = 10, seed: int = 0, progress: bool = True) -> None:
+    def __init__(self, k: int = 10, reach: float | None = 0.99, seed: int = 0, progress: bool = True) -> None:
         self.k = k
+        self.reach = reach
         self.seed = seed
         self.progress = progress
 
@@ -133,36 +144,66 @@ class CoreExcess(BaseEstimator):
         X = np.asarray(X, dtype=np.float32)
         if len(X) < 4 * (self.k + 1):
             raise ValueError(f"CoreExcess needs at least {4 * (self.k + 1)} training points for k={self.k}, got {len(X)}")
+        if self.reach is not None and not 0 < self.reach <= 1:
+            raise ValueError(f"reach must lie in (0, 1] or be None, got {self.reach}")
         groups = _groups(groups, len(X))
         half = np.random.default_rng(self.seed).permutation(len(X)) < len(X) // 2
-        null = CoreExcess(self.k, progress=False)
-        null.nn_ = NearestNeighbors(n_neighbors=self.k).fit(X[half])
+        null = CoreExcess(self.k, self.reach, progress=False)
+        null.nn_, null.reach_ = null._index(X[half])
         self.train_scores_ = null.score_samples(X[~half], groups[~half])
-        self.nn_ = NearestNeighbors(n_neighbors=self.k).fit(X)
+        self.nn_, self.reach_ = self._index(X)
         return self
 
-    def score_samples(self, X: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    def _index(self, X: np.ndarray) -> tuple[NearestNeighbors, float]:
+        """The neighbour index of training points and their reach (quantile of leave-self-out distances)."""
+        nn = NearestNeighbors(n_neighbors=self.k).fit(X)
+        if self.reach is None:
+            return nn, np.inf
+        own = _batched(lambda b: nn.kneighbors(b, n_neighbors=self.k + 1)[0][:, 1:].mean(axis=1), X,
+                       "excess: training reach", self.progress)
+        return nn, float(np.quantile(own, self.reach))
+
+    def score_samples(self, X: np.ndarray, groups: np.ndarray | None = None,
+                      sessions: np.ndarray | None = None) -> np.ndarray:
         """Excess of each particle of the set ``X`` (higher = in a crowd the training set lacks); no refit."""
-        check_is_fitted(self, "nn_")
+        check_is_fitted(self, "reach_")
         X = np.asarray(X, dtype=np.float32)
         if len(X) <= self.k:
             raise ValueError(f"CoreExcess scores a set of more than k={self.k} particles, got {len(X)}")
         groups = _groups(groups, len(X))
-        own = NearestNeighbors(n_neighbors=self.k + 1).fit(X)
-        d_train = _batched(lambda b: self.nn_.kneighbors(b)[0].mean(axis=1), X, "excess: training", self.progress)
-        d_own = _batched(lambda b: own.kneighbors(b)[0][:, 1:].mean(axis=1), X, "excess: own set", self.progress)
+        d_train = np.minimum(_batched(lambda b: self.nn_.kneighbors(b)[0].mean(axis=1), X, "excess: training",
+                                      self.progress), self.reach_)
+        d_own = self._own_distance(X, _groups(sessions, len(X), "sessions"))
         tiny = np.finfo(np.float32).eps * max(float(np.median(d_train)), 1e-12)
         ratio = np.log(np.maximum(d_train, tiny)) - np.log(np.maximum(d_own, tiny))
         return ratio - pd.Series(ratio).groupby(groups).transform("median").to_numpy()
 
+    def _own_distance(self, X: np.ndarray, sessions: np.ndarray) -> np.ndarray:
+        """Mean distance of each particle to its ``k`` nearest others in the set, from other sessions where they
+        hold more than ``k`` particles."""
+        d_own = np.empty(len(X))
+        whole = np.ones(len(X), dtype=bool)
+        names = np.unique(sessions)
+        for session in tqdm(names, desc="excess: own set", disable=not self.progress or len(names) < 2):
+            inside = sessions == session
+            if (~inside).sum() > self.k:
+                others = NearestNeighbors(n_neighbors=self.k).fit(X[~inside])
+                d_own[inside] = _batched(lambda b: others.kneighbors(b)[0].mean(axis=1), X[inside], "", False)
+                whole[inside] = False
+        if whole.any():
+            own = NearestNeighbors(n_neighbors=self.k + 1).fit(X)
+            d_own[whole] = _batched(lambda b: own.kneighbors(b)[0][:, 1:].mean(axis=1), X[whole], "", False)
+        return d_own
 
-def _groups(groups: np.ndarray | None, n: int) -> np.ndarray:
-    """Group labels for centring (one group when none are given), checked against the number of points."""
+
+def _groups(groups: np.ndarray | None, n: int, name: str = "groups") -> np.ndarray:
+    """Labels per point (groups for centring, sessions; one label when none are given), checked against the number
+    of points."""
     if groups is None:
         return np.zeros(n, dtype=np.int64)
     groups = np.asarray(groups)
     if groups.shape != (n,):
-        raise ValueError(f"groups must have one entry per point ({n}), got shape {groups.shape}")
+        raise ValueError(f"{name} must have one entry per point ({n}), got shape {groups.shape}")
     return groups
 
 

@@ -31,14 +31,7 @@ from ..schema import PARTICLE_ID
 from .detectors import ClassMahalanobis, CoreExcess, KNNDistance
 from .scores import classifier_scores
 
-# ---------------------------------------------------------------- classifier scores
-
-
-# ---------------------------------------------------------------- embedding detectors
-
-
-# ---------------------------------------------------------------- the scorer
-
+EXCESS = "excess_"  # the group scores' prefix: excess_<space>
 
 class NoveltyScorer(BaseEstimator):
     """Fit every novelty detector on training inputs, then score new particles into one table.
@@ -51,7 +44,8 @@ class NoveltyScorer(BaseEstimator):
     is left out of its table and of the combined rank.
 
     Each embedding also gets a group score ``excess_<space>`` (:class:`CoreExcess`, centred per predicted class
-    when logits are given); it needs the whole scored set (more than ``k`` particles, else it is left out).
+    when logits are given); it needs the whole scored set (more than ``k`` particles, else it is left out). Give a
+    core's ``sessions`` to ``score_samples`` and a particle's crowd is counted in the other sessions only.
 
     ``score_samples`` returns one column per score, then:
 
@@ -119,7 +113,7 @@ class NoveltyScorer(BaseEstimator):
             groups = _predicted(logits, table.index, "logits") if logits is not None else None
             excess = CoreExcess(self.k, progress=self.progress).fit(finite_values(table, name), groups)
             self.excess_[name] = excess
-            self.train_scores_[f"excess_{name}"] = excess.train_scores_
+            self.train_scores_[f"{EXCESS}{name}"] = excess.train_scores_
         if not self.train_scores_:
             raise ValueError("NoveltyScorer.fit got no inputs: pass logits, recon, embeddings or maps")
         self.score_names_ = list(self.train_scores_)
@@ -132,8 +126,10 @@ class NoveltyScorer(BaseEstimator):
         recon: pd.Series | None = None,
         embeddings: Mapping[str, pd.DataFrame] | None = None,
         maps: Mapping[str, pd.DataFrame] | None = None,
+        sessions: pd.Series | None = None,
     ) -> pd.DataFrame:
-        """Score new particles with the fitted detectors: one table keyed by particle id."""
+        """Score new particles with the fitted detectors: one table keyed by particle id (``sessions``, by particle
+        id: the instrument session of each, so the group scores find crowds that recur across sessions)."""
         check_is_fitted(self, "score_names_")
         embeddings, maps = dict(embeddings or {}), dict(maps or {})
         _check_space_names(embeddings, maps)
@@ -153,8 +149,10 @@ class NoveltyScorer(BaseEstimator):
             if name in self.maha_:
                 columns[f"maha_{name}"] = self.maha_[name].score_samples(values)
         groups = _predicted(logits, index, "logits") if logits is not None else None
+        session = aligned(sessions, index, "sessions").to_numpy() if sessions is not None else None
         for name in [n for n in embeddings if n in self.excess_ and len(index) > self.k]:
-            columns[f"excess_{name}"] = self.excess_[name].score_samples(finite_values(aligned(embeddings[name], index, name), name), groups)
+            values = finite_values(aligned(embeddings[name], index, name), name)
+            columns[f"{EXCESS}{name}"] = self.excess_[name].score_samples(values, groups, session)
         unfitted = sorted(set(columns) - set(self.score_names_))
         if unfitted:
             raise ValueError(f"score() got inputs for {unfitted} that fit() did not see")
@@ -210,8 +208,3 @@ def _check_space_names(embeddings: Mapping[str, pd.DataFrame], maps: Mapping[str
     if clash:
         raise ValueError(f"embedding/map names must be unique and not 'logits'/'recon': {sorted(clash)}")
 
-
-# ---------------------------------------------------------------- evaluation
-
-
-# ---------------------------------------------------------------- lab -> core shift

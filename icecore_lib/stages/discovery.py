@@ -15,7 +15,7 @@ out) the combined rank averages every stable score and there is no "unknown" thr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from ..novelty.metrics import (
     traffic_light_by_group,
     unknown_threshold,
 )
-from ..novelty.scorer import NoveltyScorer
+from ..novelty.scorer import EXCESS, NoveltyScorer
 from ..picklist import ash_classes, volcanic_layers
 from ..plots.classify import plot_composition, stratigraphic_diagram
 from ..plots.gallery import (
@@ -71,10 +71,12 @@ class ScorerInputs:
     logits: pd.DataFrame
     recon: pd.Series
     embeddings: dict[str, pd.DataFrame] = field(default_factory=dict)
+    sessions: pd.Series | None = None  # a core's instrument sessions: its crowds are counted across them
 
     def rows(self, ids: pd.Index) -> ScorerInputs:
         """The same inputs restricted to some particles."""
-        return ScorerInputs(self.logits.loc[ids], self.recon.loc[ids], {k: v.loc[ids] for k, v in self.embeddings.items()})
+        return ScorerInputs(self.logits.loc[ids], self.recon.loc[ids], {k: v.loc[ids] for k, v in self.embeddings.items()},
+                            None if self.sessions is None else self.sessions.loc[ids])
 
 
 def _inputs(cnn: ClassifierOutputs, ae: AEOutputs, meta: Space, part: str) -> ScorerInputs:
@@ -90,14 +92,16 @@ def _inputs(cnn: ClassifierOutputs, ae: AEOutputs, meta: Space, part: str) -> Sc
 def run_inputs(run: Run, bundle: DatasetBundle, cfg: DiscoveryConfig, meta: Space) -> dict[str, ScorerInputs]:
     """Scorer inputs of the labelled part and (when there is one) the core from the run's notebook 02-03 models
     and a metadata space; with ``align_sessions`` the core's logits, loss and embeddings are aligned to the lab
-    session by session (the metadata space comes aligned)."""
+    session by session (the metadata space comes aligned), with ``excess_across_sessions`` the core carries its
+    sessions for the group scores."""
     cnn = ClassifierOutputs.load(run, core_model_name(run))
     ae = AEOutputs.load(run, cfg.ae_latent)
     inputs = {"labelled": _inputs(cnn, ae, meta, "labelled")}
     if bundle.core is not None:
         core = _inputs(cnn, ae, meta, "core")
-        inputs["core"] = session_aligned_inputs(inputs["labelled"], core, bundle, core_predictions(run)["pred"]) \
-            if cfg.align_sessions else core
+        if cfg.align_sessions:
+            core = session_aligned_inputs(inputs["labelled"], core, bundle, core_predictions(run)["pred"])
+        inputs["core"] = replace(core, sessions=core_sessions(bundle) if cfg.excess_across_sessions else None)
     return inputs
 
 
@@ -125,7 +129,7 @@ def fit_scorer(inputs: ScorerInputs, table: pd.DataFrame, cfg: DiscoveryConfig, 
 
 def score(scorer: NoveltyScorer, inputs: ScorerInputs) -> pd.DataFrame:
     """Novelty scores (higher = more novel), combined rank and the flagging scores of some particles."""
-    return scorer.score_samples(inputs.logits, inputs.recon, inputs.embeddings)
+    return scorer.score_samples(inputs.logits, inputs.recon, inputs.embeddings, sessions=inputs.sessions)
 
 
 def umap_outlierness(run: Run, table: pd.DataFrame, k: int) -> pd.Series:
@@ -450,32 +454,45 @@ class ShiftCheck:
                 "limit": self.max_shift, "per_session": self.sessions.to_dict(orient="index")}
 
 
+def drift_scores(combined: list[str]) -> list[str]:
+    """The scores whose lab -> core drift tells whether the combined rank can be trusted: each pointwise score
+    itself, and for a group score (``excess_<space>``, centred on the core itself, so it cannot show a drift) the
+    distance to training in its space (``knn_<space>``)."""
+    return list(dict.fromkeys(f"knn_{name.removeprefix(EXCESS)}" if name.startswith(EXCESS) else name
+                              for name in combined))
+
+
 @step("the shift check", **CORE)
 def shift_check(stage: Stage, combination: Combination, inputs: dict[str, ScorerInputs],
                 core_view: pd.DataFrame) -> ShiftCheck:
     """Whether the core's ranking compares particles or sessions, from the data: per session, how far the lab ->
-    core shift moves the combined rank of particles of known classes, beside the share flagged unknown."""
+    core shift moves the known classes' percentile in the combined rank's scores (``drift_scores``), beside the share
+    flagged unknown."""
     test = stage.table.index[stage.table[SPLIT] == "test"]
     lab = inputs["labelled"].rows(test)
-    lab_rank = score(combination.scorer, lab)["combined_rank"]
+    names = drift_scores(combination.combined)
+    scorer = combination.scorer
+    lab_rank = scorer.percentiles(score(scorer, lab)[names]).mean(axis=1)
+    core_rank = scorer.percentiles(core_view[names]).mean(axis=1)
     core = inputs["core"].rows(core_view.index)
     sessions = core_sessions(stage.bundle).reindex(core_view.index)
-    shift = session_rank_shift(core_view["combined_rank"], core.logits.to_numpy().argmax(axis=1), lab_rank,
+    print(f"drift measured in {', '.join(names)} (the combined rank averages {', '.join(combination.combined)})")
+    shift = session_rank_shift(core_rank, core.logits.to_numpy().argmax(axis=1), lab_rank,
                                lab.logits.to_numpy().argmax(axis=1), sessions)
     table = shift.to_frame()
     if "unknown" in core_view:
         table = flag_fraction_by_group(core_view["unknown"], sessions).join(shift)
-    check = ShiftCheck(table.round(4), stage.cfg.max_score_shift)
+    check = ShiftCheck(table.round(4), stage.cfg.max_session_drift)
     moved = table.index[table["rank_shift"].abs() > check.max_shift]
     if check.trusted:
-        print(f"the ranking compares particles: in every session the known classes' combined rank lies within "
+        print(f"the ranking compares particles: in every session the known classes' drift lies within "
               f"{check.max_shift:.2f} of the lab's (largest {table['rank_shift'].abs().max():.3f})")
     else:
-        print(f"DO NOT TRUST THE RANKING: in session(s) {', '.join(map(str, moved))} the known classes' combined rank "
+        print(f"DO NOT TRUST THE RANKING: in session(s) {', '.join(map(str, moved))} the known classes' drift "
               f"lies {', '.join(f'{v:+.3f}' for v in table.loc[moved, 'rank_shift'])} from the lab's (limit "
-              f"{check.max_shift:.2f}): the top of the ranking is mostly the shift of these sessions, not new particles. "
-              "Align the sessions (align_sessions=true), add labelled particles imaged in them, or read the flagged "
-              "share as a drift warning")
+              f"{check.max_shift:.2f}): the top of the ranking may be the shift of these sessions, not new particles. "
+              f"{'' if stage.cfg.align_sessions else 'Align the sessions (align_sessions=true), '}Add labelled "
+              "particles imaged in these sessions, or read the flagged share as a drift warning")
     return check
 
 

@@ -28,7 +28,7 @@ from ..run.notebook import Skipped, Stage, step
 from ..schema import LABEL, SPLIT
 from .loco import (HoldoutPlan, plan_holdouts, save_fold, separation, separation_table, train_without,
                    umap_reducer)
-from .spaces import Space, core_predictions, robust_metadata_space
+from .spaces import Space, core_predictions, core_sessions, robust_metadata_space
 
 CLUSTER = "cluster"
 
@@ -82,11 +82,12 @@ class CoreClusters:
 
 
 def cluster_core(space: Space, table: pd.DataFrame, core_pred: pd.Series, cfg: EmbedConfig,
-                 truth: pd.Series | None = None) -> CoreClusters:
+                 truth: pd.Series | None = None, sessions: pd.Series | None = None) -> CoreClusters:
     """Map core and training particles together (the core keeps its own structure), cluster the core points.
 
     Each cluster is described in the space itself: nearest training class, distance from training, and the
-    members' median core excess (a crowd the training set lacks; groups = notebook 02's predicted classes).
+    members' median core excess (a crowd the training set lacks; groups = notebook 02's predicted classes; with the
+    core's ``sessions``, a crowd in the other sessions).
     """
     if space.core is None:
         raise ValueError("this dataset has no core part to cluster")
@@ -98,7 +99,8 @@ def cluster_core(space: Space, table: pd.DataFrame, core_pred: pd.Series, cfg: E
     clusters = pd.Series(np.asarray(labels), index=space.core.index, name=CLUSTER)
     y_train = table.loc[train.index, LABEL].to_numpy()
     excess = CoreExcess(seed=cfg.seed).fit(train.to_numpy(), y_train)
-    core_excess = excess.score_samples(space.core.to_numpy(), core_pred.loc[space.core.index].to_numpy())
+    core_excess = excess.score_samples(space.core.to_numpy(), core_pred.loc[space.core.index].to_numpy(),
+                                       None if sessions is None else sessions.loc[space.core.index].to_numpy())
     summary = describe_clusters(space.core.to_numpy(), clusters.to_numpy(), train.to_numpy(), y_train,
                                 truth.reindex(space.core.index).to_numpy() if truth is not None else None,
                                 excess=core_excess, excess_null=excess.train_scores_)
@@ -223,8 +225,9 @@ def loco_heatmap(stage: Stage, loco: pd.DataFrame, space: str) -> Figure:
 @step("the core's clusters", **CORE)
 def core_clusters(stage: Stage, embedding: dict[str, Space], core_pred: pd.Series) -> CoreClusters:
     """The core clustered in the ``cluster_space`` space (with the truth beside each cluster where known)."""
+    sessions = core_sessions(stage.bundle) if stage.cfg.excess_across_sessions else None
     clusters = cluster_core(embedding[stage.cfg.cluster_space], stage.table, core_pred, stage.cfg,
-                            truth=stage.bundle.truth)
+                            truth=stage.bundle.truth, sessions=sessions)
     print(f"{len(clusters.summary)} clusters, {(clusters.clusters < 0).mean():.0%} of the core unclustered")
     return clusters
 
