@@ -9,15 +9,23 @@ unknown, and notebook 04's flagged clusters with how many are mostly the planted
 severity (the mean over seeds) and every run's row; written: ``sweep.csv`` beside the runs. Measured on the
 synthetic twin: the severity scales only what the generator models (session light, focus, noise).
 
+With ``--rescore`` an earlier sweep's runs are copied (into this sweep's own folder) and only notebooks 04-05 run
+again, with this checkout's discovery and the same data and trained models: two discovery methods compared on equal
+footing, in minutes per point.
+
     python bench/shift_sweep.py                                   # 5 severities x 2 seeds (about 90 min on 2 cores)
     python bench/shift_sweep.py --severities 1 2 --seeds 1        # a quick look
+    python bench/shift_sweep.py --rescore ~/.cache/icecore/shift-sweep/<earlier>   # today's discovery, same models
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +33,15 @@ import pandas as pd
 import yaml
 
 from icecore_lib.config import default_cache_dir
-from icecore_lib.run.pipeline import RunInterrupted, run_notebooks
+from icecore_lib.files import atomic_write_json, atomic_write_yaml
+from icecore_lib.run.pipeline import RunInterrupted, resume_run, run_notebooks
 from icecore_lib.schema import NEW_CLASS
 
 REPO = Path(__file__).resolve().parents[1]
 # What the sweep does not read, left out to keep a point at minutes: the image-only variant, the BDT search.
 SPEED = {"variants": ["both"], "search_iterations": 0}
+# What a rescore runs again: the discovery notebooks (their metrics sections and notebook names).
+RESCORED = {"04_umap": "04_umap_clustering", "05_discovery": "05_outlier_gallery"}
 
 
 def dataset_entry(severity: float, seed: int, args: argparse.Namespace, parts: dict[str, Any]) -> dict[str, Any]:
@@ -79,16 +90,52 @@ def row(metrics: dict[str, Any]) -> dict[str, Any]:
 def run_point(severity: float, seed: int, manifest: Path, runs_root: Path, overrides: dict[str, Any]) -> dict:
     """Every notebook on one sweep point's dataset; its row (with the error when a notebook failed)."""
     name = point_name(severity, seed)
+    return timed_row(severity, seed, lambda: run_notebooks(
+        "demo", dataset=name, name=name, runs_root=runs_root,
+        overrides={**SPEED, **overrides, "manifest": str(manifest)}, progress=False)[0])
+
+
+def finished_points(sweep: Path) -> list[tuple[float, int]]:
+    """The (severity, seed) of every point of a sweep folder whose notebooks all finished (a sweep still running
+    included), in severity then seed order."""
+    points = []
+    for metrics in sweep.glob("shift*-seed*/metrics.json"):
+        match = re.fullmatch(r"shift([0-9.]+)-seed([0-9]+)", metrics.parent.name)
+        if match and "05_discovery" in json.loads(metrics.read_text()):
+            points.append((float(match[1]), int(match[2])))
+    if not points:
+        raise FileNotFoundError(f"{sweep} holds no finished sweep point (shift<severity>-seed<seed>/metrics.json)")
+    return sorted(points)
+
+
+def rescore_point(severity: float, seed: int, source: Path, runs_root: Path, overrides: dict[str, Any]) -> dict:
+    """A copy of an earlier sweep's point with notebooks 04-05 run again by this checkout; its row."""
+    name = point_name(severity, seed)
+    target = runs_root / name
+    shutil.copytree(source / name, target)
+    params = yaml.safe_load((target / "params.yaml").read_text())
+    params["parameters"]["run_dir"] = str(target)
+    params["parameters"]["overrides"] = {**params["parameters"]["overrides"], **overrides}
+    params["notebooks_dir"] = str(REPO / "notebooks")
+    atomic_write_yaml(target / "params.yaml", params)
+    metrics = {k: v for k, v in json.loads((target / "metrics.json").read_text()).items() if k not in RESCORED}
+    pipeline = metrics.get("pipeline", {})
+    pipeline["notebook_seconds"] = {k: v for k, v in pipeline.get("notebook_seconds", {}).items()
+                                    if k not in RESCORED.values()}
+    atomic_write_json(target / "metrics.json", metrics)
+    return timed_row(severity, seed, lambda: resume_run(target, progress=False)[0])
+
+
+def timed_row(severity: float, seed: int, execute: Callable[[], Path]) -> dict:
+    """Run a sweep point (``execute`` returns its run folder) and give its row, with the error when a notebook failed."""
     started = time.perf_counter()
     try:
-        run_dir, _ = run_notebooks("demo", dataset=name, name=name, runs_root=runs_root,
-                                   overrides={**SPEED, **overrides, "manifest": str(manifest)}, progress=False)
-        error = ""
+        run_dir, error = execute(), ""
     except RunInterrupted as stop:
         run_dir, error = stop.run_dir, str(stop).splitlines()[0]
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
     minutes = (time.perf_counter() - started) / 60
-    print(f"{name}: {minutes:.1f} min{' FAILED: ' + error if error else ''}", flush=True)
+    print(f"{point_name(severity, seed)}: {minutes:.1f} min{' FAILED: ' + error if error else ''}", flush=True)
     return {"severity": severity, "seed": seed, "minutes": round(minutes, 1), **row(metrics), "error": error}
 
 
@@ -121,14 +168,22 @@ def main() -> None:
     parser.add_argument("--runs-root", type=Path, default=default_cache_dir() / "shift-sweep" / time.strftime("%Y%m%d-%H%M%S"))
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a run-wide override for every point (as icecore run -p), e.g. -p epochs=6")
+    parser.add_argument("--rescore", type=Path, metavar="SWEEP",
+                        help="an earlier sweep's folder: its points' notebooks 04-05 again with this checkout")
     args = parser.parse_args()
     args.runs_root.mkdir(parents=True, exist_ok=False)
     overrides = {k: yaml.safe_load(v) for k, _, v in (p.partition("=") for p in args.param)}
-    points = [(s, seed) for s in args.severities for seed in args.seeds]
-    manifest = write_manifest(points, args, args.runs_root)
-    print(f"{len(points)} runs under {args.runs_root} (synthetic twin: {args.train_per_class} labelled per class, "
-          f"{args.core} core particles, {args.diatom_fraction:.0%} planted {NEW_CLASS})", flush=True)
-    table = pd.DataFrame([run_point(s, seed, manifest, args.runs_root, overrides) for s, seed in points])
+    if args.rescore:
+        points = finished_points(args.rescore)
+        print(f"{len(points)} finished runs of {args.rescore} rescored under {args.runs_root}", flush=True)
+        rows = [rescore_point(s, seed, args.rescore, args.runs_root, overrides) for s, seed in points]
+    else:
+        points = [(s, seed) for s in args.severities for seed in args.seeds]
+        manifest = write_manifest(points, args, args.runs_root)
+        print(f"{len(points)} runs under {args.runs_root} (synthetic twin: {args.train_per_class} labelled per class, "
+              f"{args.core} core particles, {args.diatom_fraction:.0%} planted {NEW_CLASS})", flush=True)
+        rows = [run_point(s, seed, manifest, args.runs_root, overrides) for s, seed in points]
+    table = pd.DataFrame(rows)
     table.to_csv(args.runs_root / "sweep.csv", index=False)
     print("\nper severity (mean over seeds):")
     print(markdown(summary(table)))

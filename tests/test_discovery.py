@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from icecore_lib.config import DiscoveryConfig
 from icecore_lib.quantify import composition_error
 from icecore_lib.schema import LABEL, SESSION, SPLIT
 from icecore_lib.stages.discovery import (
     ScorerInputs,
     ShiftCheck,
     choose_scores,
+    core_inputs,
     drift_scores,
     open_set_compositions,
-    session_aligned_inputs,
     session_rank_shift,
 )
 
@@ -108,14 +108,18 @@ def test_aligned_core_inputs_lose_each_sessions_offset_but_keep_a_new_types() ->
     true = np.array([centre[c] for c in pred]) + np.where(new, 20.0, 0.0)
     offset = np.where(sessions == "s1", 3.0, -2.0)
     core = _inputs(true + offset, core_ids, rng)
-    bundle = SimpleNamespace(train=SimpleNamespace(table=pd.DataFrame({SPLIT: "train", LABEL: labels}, index=train_ids)),
-                             core=SimpleNamespace(table=pd.DataFrame({SESSION: sessions}, index=core_ids)))
-    fixed = session_aligned_inputs(lab, core, bundle, pd.Series(pred, index=core_ids))
+    reference = pd.DataFrame({SPLIT: "train", LABEL: labels}, index=train_ids)
+    session = pd.Series(sessions, index=core_ids, name=SESSION)
+    fixed = core_inputs(lab, core, reference, session, pd.Series(pred, index=core_ids), DiscoveryConfig())
     for part in (fixed.logits, fixed.recon.to_frame(), fixed.embeddings["cnn"]):
         residual = part.sub(true, axis=0)
         assert residual[~new].abs().mean().max() < 0.4  # each session's offset gone
         assert residual[new].mean().abs().max() < 0.4  # the new type still 20 away from its class
     assert fixed.embeddings["meta"].equals(core.embeddings["meta"])  # the metadata space comes aligned already
+    assert fixed.sessions.equals(session) and fixed.rows(core_ids[:5]).sessions.equals(session.iloc[:5])
+    plain = core_inputs(lab, core, reference, session, pd.Series(pred, index=core_ids),
+                        DiscoveryConfig(align_sessions=False, excess_across_sessions=False))
+    assert plain.logits.equals(core.logits) and plain.sessions is None
     assert fixed.recon.name == "recon"
 
 

@@ -50,7 +50,8 @@ from .cnn import (
     write_pick_list,
 )
 from .concentration import class_table
-from .discovery import ScorerInputs, fit_scorer, score, stratigraphic_figure
+from .discovery import ScorerInputs, core_inputs, fit_scorer, score, stratigraphic_figure
+from .spaces import aligned_core, sessions_of
 
 STAGE = "apply"
 TRAINING_CARD = "training_model_card.json"  # the training run's card, copied into the apply run
@@ -244,16 +245,19 @@ def novelty(stage: ApplyStage, applied: Applied) -> pd.DataFrame | Skipped:
                           dataclasses.replace(ae_cfg, device=stage.cfg.device))
     core_ae = score_part(ae, stage.data.core, ae_cfg)
     labelled_ae = trained.run.read("outputs", part="labelled", model=Path(section["ae_model"]).name)
+    cfg = trained.stage_cfg(DiscoveryConfig, "05_discovery")
+    sessions, pred = sessions_of(stage.data.core.table), applied.predictions["pred"]
     meta = _meta_space(trained.reference, stage.data.core.table, section["meta_features"])
+    if cfg.align_sessions:
+        meta["core"] = aligned_core(meta["labelled"], meta["core"], trained.reference, sessions, pred)
     labelled = ScorerInputs(trained.labelled.labelled_logits, labelled_ae[RECON],
                             {"cnn": trained.labelled.labelled_embedding,
                              "ae": labelled_ae.filter(like=LATENT_PREFIX), "meta": meta["labelled"]})
     core = ScorerInputs(applied.outputs.core_logits, core_ae[RECON],
                         {"cnn": applied.outputs.core_embedding, "ae": core_ae.filter(like=LATENT_PREFIX),
                          "meta": meta["core"]})
-    cfg = trained.stage_cfg(DiscoveryConfig, "05_discovery")
     scorer = fit_scorer(labelled, trained.reference, cfg, combine=section["combined"])
-    scores = score(scorer, core)
+    scores = score(scorer, core_inputs(labelled, core, trained.reference, sessions, pred, cfg))
     threshold = section["unknown_threshold"]
     return scores.assign(unknown=scores["combined_rank"] >= threshold) if threshold is not None else scores
 

@@ -98,18 +98,25 @@ def run_inputs(run: Run, bundle: DatasetBundle, cfg: DiscoveryConfig, meta: Spac
     ae = AEOutputs.load(run, cfg.ae_latent)
     inputs = {"labelled": _inputs(cnn, ae, meta, "labelled")}
     if bundle.core is not None:
-        core = _inputs(cnn, ae, meta, "core")
-        if cfg.align_sessions:
-            core = session_aligned_inputs(inputs["labelled"], core, bundle, core_predictions(run)["pred"])
-        inputs["core"] = replace(core, sessions=core_sessions(bundle) if cfg.excess_across_sessions else None)
+        inputs["core"] = core_inputs(inputs["labelled"], _inputs(cnn, ae, meta, "core"), bundle.train.table,
+                                     core_sessions(bundle), core_predictions(run)["pred"], cfg)
     return inputs
 
 
-def session_aligned_inputs(labelled: ScorerInputs, core: ScorerInputs, bundle: DatasetBundle,
+def core_inputs(labelled: ScorerInputs, core: ScorerInputs, reference: pd.DataFrame, sessions: pd.Series,
+                core_pred: pd.Series, cfg: DiscoveryConfig) -> ScorerInputs:
+    """A core's scorer inputs as notebook 05 scores them: aligned session by session (``align_sessions``; the
+    metadata space comes aligned) and carrying its sessions for the group scores (``excess_across_sessions``)."""
+    if cfg.align_sessions:
+        core = session_aligned_inputs(labelled, core, reference, sessions, core_pred)
+    return replace(core, sessions=sessions if cfg.excess_across_sessions else None)
+
+
+def session_aligned_inputs(labelled: ScorerInputs, core: ScorerInputs, reference: pd.DataFrame, sessions: pd.Series,
                            core_pred: pd.Series) -> ScorerInputs:
     """The core's logits, reconstruction loss and CNN / AE embeddings aligned to the lab session by session."""
     def align(lab: pd.DataFrame, part: pd.DataFrame) -> pd.DataFrame:
-        return aligned_core(lab, part, bundle, core_pred)
+        return aligned_core(lab, part, reference, sessions, core_pred)
 
     recon = align(labelled.recon.to_frame(), core.recon.to_frame())[core.recon.name]
     embeddings = {name: part if name == "meta" else align(labelled.embeddings[name], part)

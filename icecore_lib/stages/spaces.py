@@ -64,22 +64,26 @@ def session_aligned(space: Space, bundle: DatasetBundle, core_pred: pd.Series) -
     names none)."""
     if space.core is None:
         return space
-    return Space(space.name, space.labelled, aligned_core(space.labelled, space.core, bundle, core_pred))
+    return Space(space.name, space.labelled,
+                 aligned_core(space.labelled, space.core, bundle.train.table, core_sessions(bundle), core_pred))
 
 
-def aligned_core(labelled: pd.DataFrame, core: pd.DataFrame, bundle: DatasetBundle, core_pred: pd.Series) -> pd.DataFrame:
-    """Core coordinates (features, an embedding, logits) with each session's offset from the lab's training split
-    subtracted (``shift.align``; one session when the core names none)."""
-    table = bundle.train.table
-    train = table.index[table[SPLIT] == "train"]
-    sessions = core_sessions(bundle)
-    offsets = session_offsets(labelled.loc[train], table.loc[train, LABEL], core, core_pred, sessions)
+def aligned_core(labelled: pd.DataFrame, core: pd.DataFrame, reference: pd.DataFrame, sessions: pd.Series,
+                 core_pred: pd.Series) -> pd.DataFrame:
+    """Core coordinates (features, an embedding, logits) with each session's offset from the training split of the
+    ``reference`` table (label and split by particle id) subtracted (``shift.align``)."""
+    train = reference.index[reference[SPLIT] == "train"]
+    offsets = session_offsets(labelled.loc[train], reference.loc[train, LABEL], core, core_pred, sessions)
     return align_core(core, sessions, offsets)
 
 
 def core_sessions(bundle: DatasetBundle) -> pd.Series:
-    """Each core particle's instrument session (one session, "core", when the core names none)."""
-    core = bundle.core.table
+    """Each core particle's instrument session (``sessions_of`` the core's table)."""
+    return sessions_of(bundle.core.table)
+
+
+def sessions_of(core: pd.DataFrame) -> pd.Series:
+    """Each particle's instrument session (one session, "core", when the table names none)."""
     return core[SESSION] if SESSION in core else pd.Series("core", index=core.index, name=SESSION)
 
 
