@@ -133,11 +133,15 @@ def test_scorer_refuses_spaces_it_was_not_fitted_on() -> None:
         scorer.score_samples(embeddings={"ae": pd.DataFrame(X, index=ids)})
 
 
-def test_train_percentiles_are_mid_ranks_against_training() -> None:
+def test_train_percentiles_are_mid_ranks_against_training_and_keep_order_beyond_it() -> None:
     scorer = NoveltyScorer(progress=False).fit(recon=pd.Series([1.0, 2.0, 3.0, 4.0], index=_ids("train", 4)))
-    scores = scorer.score_samples(recon=pd.Series([-1.0, 2.0, 9.0], index=_ids("core", 3)))
-    assert scores["combined_rank"].tolist() == [0.0, 0.375, 1.0]
-    assert scores["flagged_by"].tolist() == ["", "", "recon"]
+    scores = scorer.score_samples(recon=pd.Series([-3.0, -1.0, 2.0, 4.0, 9.0, 30.0], index=_ids("core", 6)))
+    rank = scores["combined_rank"].to_numpy()
+    assert rank[2] == 0.375 and rank[3] == 0.875  # mid-ranks within the training range
+    assert 0 < rank[0] < rank[1] < 1 / 8 and 0.875 < rank[4] < rank[5] < 1  # beyond it: the last half-rank, in order
+    assert scores["flagged_by"].tolist() == ["", "", "", "", "", "recon"]
+    between = scorer.score_samples(recon=pd.Series([2.2, 2.8], index=_ids("core", 2)))["combined_rank"]
+    assert 0.375 < between.iloc[0] < between.iloc[1] < 0.625  # no plateau between two training scores
 
 
 def test_auroc_is_one_when_separated_and_half_when_random() -> None:

@@ -52,7 +52,9 @@ class NoveltyScorer(BaseEstimator):
     - ``combined_rank``: mean over scores (those named in ``combine``, default all) of each score's percentile rank. ``reference="train"`` (default)
       ranks against the fitted training distribution of that score, so a particle's rank does not depend on
       what else is scored and 0.99 means "more novel than 99 % of training particles"; scores above every
-      training score all get 1.0. ``reference="scored"`` ranks within the scored set instead (order kept at
+      training score share the last half-rank in their own order (an exponential tail), and ranks between two training
+      scores are interpolated, so particles never tie unless their scores do.
+      ``reference="scored"`` ranks within the scored set instead (order kept at
       the top, but ranks shift with the batch).
     - ``flagged_by``: comma-separated names of the scores whose percentile rank is in the top ``quantile``
       (``n_flags``: how many).
@@ -196,10 +198,23 @@ def _predicted(logits: pd.DataFrame, index: pd.Index, name: str) -> np.ndarray:
 
 
 def _train_percentile(values: np.ndarray, sorted_train: np.ndarray) -> np.ndarray:
-    """Mid-rank percentile of each value within a sorted training distribution (ties count half)."""
-    below = np.searchsorted(sorted_train, values, side="left")
-    upto = np.searchsorted(sorted_train, values, side="right")
-    return (below + upto) / (2.0 * len(sorted_train))
+    """Mid-rank percentile of each value within a sorted training distribution, continuous and order-keeping.
+
+    A training value's own rank is its mid-rank (ties count half); between two training values the rank is
+    interpolated linearly, and beyond the training range the remaining fraction decays exponentially (scale: the
+    training IQR): above the maximum 1 - (1 - r_max) exp(-(x - max) / IQR). So no two scores tie unless they are
+    equal, and a crowd of new particles above every training score keeps its order rather than all reading 1.0.
+    """
+    n = len(sorted_train)
+    unique, first, counts = np.unique(sorted_train, return_index=True, return_counts=True)
+    mid = (first + counts / 2.0) / n
+    low, high = unique[0], unique[-1]
+    spread = sorted_train[int(0.75 * (n - 1))] - sorted_train[int(0.25 * (n - 1))]
+    scale = spread if spread > 0 else (high - low if high > low else 1.0)
+    with np.errstate(over="ignore"):
+        above = 1.0 - (1.0 - mid[-1]) * np.exp(-(values - high) / scale)
+        under = mid[0] * np.exp((values - low) / scale)
+    return np.where(values > high, above, np.where(values < low, under, np.interp(values, unique, mid)))
 
 
 def _check_space_names(embeddings: Mapping[str, pd.DataFrame], maps: Mapping[str, pd.DataFrame]) -> None:
