@@ -33,6 +33,7 @@ from .scores import classifier_scores
 
 EXCESS = "excess_"  # the group scores' prefix: excess_<space>
 
+
 class NoveltyScorer(BaseEstimator):
     """Fit every novelty detector on training inputs, then score new particles into one table.
 
