@@ -55,7 +55,9 @@ def ci_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A whole ci run (00-05) in a project folder of its own: its manifest beside runs/, as in a lab's checkout."""
     project = tmp_path_factory.mktemp("project")
     shutil.copy(REPO / "data_manifest.yaml", project / "data_manifest.yaml")
-    run_dir, _ = run_notebooks("ci", runs_root=project / "runs", name="browser", progress=False)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMP_NUM_THREADS", "1")  # the ci key numbers were measured with one thread, as nbval runs
+        run_dir, _ = run_notebooks("ci", runs_root=project / "runs", name="browser", progress=False)
     return run_dir
 
 
