@@ -274,6 +274,16 @@ def test_core_excess_counts_a_crowd_across_sessions_so_a_crowd_one_session_made_
         detector.score_samples(core, sessions=sessions[:10])
 
 
+def test_core_excess_measures_every_session_at_the_same_share_of_its_set_so_session_size_makes_no_crowd() -> None:
+    X_train, y_train = _blobs(0, n=300)
+    core, _ = _blobs(6, n=600)  # known particles only, the lab's classes in the lab's proportions
+    sessions = np.resize(np.repeat(["big", "small1", "small2"], [8, 1, 1]), len(core))  # 960 / 120 / 120 particles
+    scores = CoreExcess(k=10, progress=False).fit(X_train, y_train).score_samples(core, y_train.repeat(2), sessions)
+    medians = pd.Series(scores).groupby(sessions).median()
+    assert medians.max() - medians.min() < 0.1, medians.round(3).to_dict()
+    assert np.quantile(scores, 0.99) < 1.0  # nothing in this core is in excess
+
+
 def test_core_excess_caps_the_distance_to_training_so_far_scattered_strays_do_not_outrank_a_crowd() -> None:
     X_train, y_train = _blobs(0, n=200)
     rng = np.random.default_rng(8)

@@ -8,6 +8,7 @@ icecore's one convention (higher = more novel), the opposite of scikit-learn's o
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from math import ceil
 from typing import Literal
 
 import numpy as np
@@ -125,6 +126,12 @@ class CoreExcess(BaseEstimator):
     crowd, a crowd that one session made does not (with one session, or when the other sessions hold ``k`` or
     fewer particles, a particle's neighbours come from the whole set).
 
+    The sets differ in size (a session's others hold fewer particles the bigger the session, and a core is rarely
+    as big as the lab's set), so ``k`` nearest neighbours in each would measure them at different scales and favour
+    the crowds of small sessions. The training set gets ``k`` neighbours and an own set as many as hold the same
+    share of it (``k`` x its size / the training set's, fractional: the last one weighted; at least one), so both
+    distances are radii holding the same share of their sets.
+
     Beyond the training set's reach, how far a particle lies from it says nothing more about a crowd: the distance
     to training is capped at the ``reach`` quantile of the training points' own (leave-self-out) distances, so a
     sparse tail the lab never imaged (specks a dark session made) does not outrank a dense new type (``None``: no cap).
@@ -149,9 +156,10 @@ class CoreExcess(BaseEstimator):
         groups = _groups(groups, len(X))
         half = np.random.default_rng(self.seed).permutation(len(X)) < len(X) // 2
         null = CoreExcess(self.k, self.reach, progress=False)
-        null.nn_, null.reach_ = null._index(X[half])
+        null.nn_, null.reach_, null.n_train_ = *null._index(X[half]), int(half.sum())
         self.train_scores_ = null.score_samples(X[~half], groups[~half])
         self.nn_, self.reach_ = self._index(X)
+        self.n_train_ = len(X)
         return self
 
     def _index(self, X: np.ndarray) -> tuple[NearestNeighbors, float]:
@@ -173,27 +181,40 @@ class CoreExcess(BaseEstimator):
         groups = _groups(groups, len(X))
         d_train = np.minimum(_batched(lambda b: self.nn_.kneighbors(b)[0].mean(axis=1), X, "excess: training",
                                       self.progress), self.reach_)
-        d_own = self._own_distance(X, _groups(sessions, len(X), "sessions"))
+        d_own = self._own_distance(X, self._own_sets(_groups(sessions, len(X), "sessions")))
         tiny = np.finfo(np.float32).eps * max(float(np.median(d_train)), 1e-12)
         ratio = np.log(np.maximum(d_train, tiny)) - np.log(np.maximum(d_own, tiny))
         return ratio - pd.Series(ratio).groupby(groups).transform("median").to_numpy()
 
-    def _own_distance(self, X: np.ndarray, sessions: np.ndarray) -> np.ndarray:
-        """Mean distance of each particle to its ``k`` nearest others in the set, from other sessions where they
-        hold more than ``k`` particles."""
-        d_own = np.empty(len(X))
-        whole = np.ones(len(X), dtype=bool)
-        names = np.unique(sessions)
-        for session in tqdm(names, desc="excess: own set", disable=not self.progress or len(names) < 2):
+    def _own_sets(self, sessions: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        """Each session's particles, the set their own-set neighbours come from (the other sessions' particles, or
+        the whole set when those hold ``k`` or fewer) and its size (less the particle itself)."""
+        sets = []
+        for session in np.unique(sessions):
             inside = sessions == session
-            if (~inside).sum() > self.k:
-                others = NearestNeighbors(n_neighbors=self.k).fit(X[~inside])
-                d_own[inside] = _batched(lambda b: others.kneighbors(b)[0].mean(axis=1), X[inside], "", False)
-                whole[inside] = False
-        if whole.any():
-            own = NearestNeighbors(n_neighbors=self.k + 1).fit(X)
-            d_own[whole] = _batched(lambda b: own.kneighbors(b)[0][:, 1:].mean(axis=1), X[whole], "", False)
+            others = ~inside if (~inside).sum() > self.k else np.ones_like(inside)
+            sets.append((inside, others, int(others.sum()) - int(others[inside].any())))
+        return sets
+
+    def _own_distance(self, X: np.ndarray, own_sets: list[tuple[np.ndarray, np.ndarray, int]]) -> np.ndarray:
+        """Mean distance of each particle to its nearest others in its own set, as many as ``k`` is of the training
+        set (at least one)."""
+        d_own = np.empty(len(X))
+        quiet = not self.progress or len(own_sets) < 2
+        for inside, others, size in tqdm(own_sets, desc="excess: own set", disable=quiet):
+            k_own = max(1.0, self.k * size / self.n_train_)
+            skip = int(others[inside].any())  # the particle itself, when its own session is in the set
+            nearest = NearestNeighbors(n_neighbors=ceil(k_own) + skip).fit(X[others])
+            d_own[inside] = _batched(lambda b: _mean_distance(nearest.kneighbors(b)[0][:, skip:], k_own), X[inside],
+                                     "", False)
         return d_own
+
+
+def _mean_distance(distances: np.ndarray, k: float) -> np.ndarray:
+    """Mean of each row's ``k`` smallest distances (sorted rows) for a fractional ``k``: the last one weighted by
+    the fraction."""
+    weights = np.clip(k - np.arange(distances.shape[1]), 0.0, 1.0)
+    return distances @ weights / weights.sum()
 
 
 def _groups(groups: np.ndarray | None, n: int, name: str = "groups") -> np.ndarray:
