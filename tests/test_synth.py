@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import zipfile
@@ -159,5 +160,8 @@ def test_the_shift_severity_moves_the_core_sessions_away_from_the_labs_step_by_s
     means = {s: np.mean([[x.background, x.blur, x.noise] for x in core_sessions(0, 12, s)], axis=0) for s in (0, 1, 2)}
     assert means[0][0] > means[1][0] > means[2][0]  # darker
     assert means[0][1] < means[1][1] < means[2][1] and means[0][2] < means[1][2] < means[2][2]  # softer, noisier
+    farthest = core_settings(4.0)  # the background range would invert beyond severity 3: it stays a point
+    assert farthest.background == pytest.approx((65.0, 65.0)) and farthest.blur == pytest.approx((2.2, 2.6))
+    assert all(low <= high for low, high in dataclasses.astuple(farthest))
     with pytest.raises(ValueError, match="shift_severity"):
         writer.check_config(synth_config("ci", shift_severity=-1))

@@ -96,13 +96,17 @@ def core_settings(severity: float) -> _Settings:
     """The ranges the core's sessions are drawn from: the lab's moved ``severity`` times the demo's lab -> core step.
 
     Each range end moves by ``severity * (core end - lab end)``: 0 gives the lab's ranges (no shift), 1 the demo's
-    core exactly, 2 twice as dark, soft and noisy a step; vignetting, blur and noise stay non-negative.
+    core exactly, 2 twice as dark, soft and noisy a step; a range that would narrow past zero width (the background,
+    beyond severity 3) stays a point on its moving centre; vignetting, blur and noise stay non-negative.
     """
     if severity == 1.0:
         return _CORE
 
     def moved(lab: tuple[float, float], core: tuple[float, float]) -> tuple[float, float]:
-        return tuple(max(a + severity * (b - a), 0.0) for a, b in zip(lab, core))
+        low, high = (a + severity * (b - a) for a, b in zip(lab, core))
+        if low > high:
+            low = high = (low + high) / 2
+        return max(low, 0.0), max(high, 0.0)
 
     return _Settings(background=moved(_LAB.background, _CORE.background), vignetting=moved(_LAB.vignetting, _CORE.vignetting),
                      blur=moved(_LAB.blur, _CORE.blur), noise=moved(_LAB.noise, _CORE.noise))
