@@ -156,20 +156,21 @@ class CoreExcess(BaseEstimator):
         groups = _groups(groups, len(X))
         half = np.random.default_rng(self.seed).permutation(len(X)) < len(X) // 2
         null = CoreExcess(self.k, self.reach, progress=False)
-        null.nn_, null.reach_, null.n_train_ = *null._index(X[half]), int(half.sum())
+        null._index(X[half])
         self.train_scores_ = null.score_samples(X[~half], groups[~half])
-        self.nn_, self.reach_ = self._index(X)
-        self.n_train_ = len(X)
+        self._index(X)
         return self
 
-    def _index(self, X: np.ndarray) -> tuple[NearestNeighbors, float]:
-        """The neighbour index of training points and their reach (quantile of leave-self-out distances)."""
-        nn = NearestNeighbors(n_neighbors=self.k).fit(X)
-        if self.reach is None:
-            return nn, np.inf
-        own = _batched(lambda b: nn.kneighbors(b, n_neighbors=self.k + 1)[0][:, 1:].mean(axis=1), X,
-                       "excess: training reach", self.progress)
-        return nn, float(np.quantile(own, self.reach))
+    def _index(self, X: np.ndarray) -> None:
+        """Index the training points: their neighbours, their number and their reach (quantile of leave-self-out
+        distances)."""
+        self.nn_ = NearestNeighbors(n_neighbors=self.k).fit(X)
+        self.n_train_ = len(X)
+        self.reach_ = np.inf
+        if self.reach is not None:
+            own = _batched(lambda b: self.nn_.kneighbors(b, n_neighbors=self.k + 1)[0][:, 1:].mean(axis=1), X,
+                           "excess: training reach", self.progress)
+            self.reach_ = float(np.quantile(own, self.reach))
 
     def score_samples(self, X: np.ndarray, groups: np.ndarray | None = None,
                       sessions: np.ndarray | None = None) -> np.ndarray:
@@ -181,29 +182,21 @@ class CoreExcess(BaseEstimator):
         groups = _groups(groups, len(X))
         d_train = np.minimum(_batched(lambda b: self.nn_.kneighbors(b)[0].mean(axis=1), X, "excess: training",
                                       self.progress), self.reach_)
-        d_own = self._own_distance(X, self._own_sets(_groups(sessions, len(X), "sessions")))
+        d_own = self._own_distance(X, _groups(sessions, len(X), "sessions"))
         tiny = np.finfo(np.float32).eps * max(float(np.median(d_train)), 1e-12)
         ratio = np.log(np.maximum(d_train, tiny)) - np.log(np.maximum(d_own, tiny))
         return ratio - pd.Series(ratio).groupby(groups).transform("median").to_numpy()
 
-    def _own_sets(self, sessions: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, int]]:
-        """Each session's particles, the set their own-set neighbours come from (the other sessions' particles, or
-        the whole set when those hold ``k`` or fewer) and its size (less the particle itself)."""
-        sets = []
-        for session in np.unique(sessions):
-            inside = sessions == session
-            others = ~inside if (~inside).sum() > self.k else np.ones_like(inside)
-            sets.append((inside, others, int(others.sum()) - int(others[inside].any())))
-        return sets
-
-    def _own_distance(self, X: np.ndarray, own_sets: list[tuple[np.ndarray, np.ndarray, int]]) -> np.ndarray:
-        """Mean distance of each particle to its nearest others in its own set, as many as ``k`` is of the training
-        set (at least one)."""
+    def _own_distance(self, X: np.ndarray, sessions: np.ndarray) -> np.ndarray:
+        """Mean distance of each particle to its nearest others in the set (from other sessions where they hold
+        more than ``k`` particles), as many as ``k`` is of the training set (at least one)."""
         d_own = np.empty(len(X))
-        quiet = not self.progress or len(own_sets) < 2
-        for inside, others, size in tqdm(own_sets, desc="excess: own set", disable=quiet):
-            k_own = max(1.0, self.k * size / self.n_train_)
-            skip = int(others[inside].any())  # the particle itself, when its own session is in the set
+        names = np.unique(sessions)
+        for session in tqdm(names, desc="excess: own set", disable=not self.progress or len(names) < 2):
+            inside = sessions == session
+            skip = int((~inside).sum() <= self.k)  # too few elsewhere: the whole set, less the particle itself
+            others = np.ones_like(inside) if skip else ~inside
+            k_own = max(1.0, self.k * (int(others.sum()) - skip) / self.n_train_)
             nearest = NearestNeighbors(n_neighbors=ceil(k_own) + skip).fit(X[others])
             d_own[inside] = _batched(lambda b: _mean_distance(nearest.kneighbors(b)[0][:, skip:], k_own), X[inside],
                                      "", False)
